@@ -1,0 +1,3 @@
+from latts.cli import app
+
+app(prog_name="latts")

@@ -1,0 +1,244 @@
+"""Problem sets, answer extraction and grading.
+
+`arith` is a synthetic multi-step arithmetic set generated from a seed: small
+enough that the tiny demo models (latts.demo_models) learn it in seconds on a
+CPU, noisy enough that test-time scaling visibly helps them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from dataclasses import dataclass
+
+__all__ = [
+    "BenchmarkError",
+    "Problem",
+    "arith_problems",
+    "arith_training_problems",
+    "extract_boxed",
+    "grade",
+    "load_jsonl",
+    "load_problems",
+]
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # stable id: "<set>-<seed>-<index>"
+    prompt: str  # exact text fed to the engine
+    answer: str  # reference final answer
+    solution: str | None = None  # reference chain of thought ending in \boxed{answer}
+
+
+# ---------------------------------------------------------------- arith
+
+# Evaluation seeds are plain ints; training draws from a disjoint stream
+# (a string seed namespace), and additionally drops any prompt that occurs in
+# the first _HELD_OUT_N problems of evaluation seeds 0.._HELD_OUT_SEEDS-1.
+_HELD_OUT_SEEDS = 10
+_HELD_OUT_N = 256
+_MAX_TERM = 9  # largest operand of + and -
+_MAX_VALUE = 30  # every intermediate value and the answer lie in 0.._MAX_VALUE
+
+
+def _arith_one(rng: random.Random) -> tuple[str, str, str]:
+    """One problem: (expression, answer, chain of thought).
+
+    2-3 operations over +, - and *, evaluated left to right (parentheses make
+    that the standard reading, e.g. "(26-9)*2+5"). Factors are one-digit and
+    every intermediate value lies in 0..99, so each step is a small fact, and
+    the chain of thought takes the operands in prompt order: both keep the
+    task learnable in seconds by a tiny model.
+    """
+    while True:
+        acc = rng.randint(1, _MAX_TERM)
+        expr, steps = str(acc), []
+        for _ in range(rng.choice((2, 3))):
+            op = rng.choice("+-*")
+            if op == "*":
+                v = rng.randint(2, 9)
+                r = acc * v
+                if "+" in expr or "-" in expr:
+                    expr = f"({expr})"
+            else:
+                v = rng.randint(1, _MAX_TERM)
+                r = acc + v if op == "+" else acc - v
+            expr += f"{op}{v}"
+            steps.append(f"{acc}{op}{v}={r}.")
+            acc = r
+            if not 0 <= acc <= _MAX_VALUE:
+                break
+        else:
+            answer = str(acc)
+            return expr, answer, " " + " ".join(steps) + f" \\boxed{{{answer}}}"
+
+
+def _arith_prompt(expr: str) -> str:
+    return f"Q: {expr}\nA:"
+
+
+def arith_problems(n: int, seed: int) -> list[Problem]:
+    """The first n arith problems of evaluation seed `seed` (prefix-stable in n)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        expr, answer, solution = _arith_one(rng)
+        out.append(Problem(f"arith-{seed}-{i}", _arith_prompt(expr), answer, solution))
+    return out
+
+
+def arith_training_problems(n: int, seed: int = 0) -> list[Problem]:
+    """n arith problems for training, disjoint from the held-out evaluation sets."""
+    held_out = {p.prompt for s in range(_HELD_OUT_SEEDS) for p in arith_problems(_HELD_OUT_N, s)}
+    rng = random.Random(f"arith-train-{seed}")
+    out: list[Problem] = []
+    while len(out) < n:
+        expr, answer, solution = _arith_one(rng)
+        prompt = _arith_prompt(expr)
+        if prompt not in held_out:
+            out.append(Problem(f"arith-train-{seed}-{len(out)}", prompt, answer, solution))
+    return out
+
+
+# ---------------------------------------------------------------- answers
+
+
+def extract_boxed(text: str | None) -> str | None:
+    """Content of the last \\boxed{...} in text, nested braces handled.
+
+    None when there is no \\boxed{ or the last one is never closed (for
+    example a generation cut off by max_tokens).
+    """
+    if not text:
+        return None
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    i = start + len("\\boxed{")
+    depth = 1
+    for j in range(i, len(text)):
+        c = text[j]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+def _norm(s: str) -> str:
+    return "".join(s.split()).strip("$").rstrip(".")
+
+
+def _mv_parse(s: str, timeout: int | None) -> list:
+    from math_verify import parse
+
+    # \boxed{} first (math-verify's highest priority target), $...$ as fallback.
+    got = parse(f"\\boxed{{{s}}}", parsing_timeout=timeout)
+    return got or parse(f"${s}$", parsing_timeout=timeout)
+
+
+# math-verify warns once (at WARNING level) whenever its timeout is off; off is
+# what we want outside the main thread, so keep that warning quiet.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def grade(predicted: str | None, reference: str) -> bool:
+    """Whether the predicted final answer equals the reference (math-verify).
+
+    Never raises. math-verify's timeouts use SIGALRM, which only works in the
+    main thread, so elsewhere (Ray actor threads, thread pools) they are off;
+    our answers are short, so parsing them cannot run away.
+    """
+    if predicted is None:
+        return False
+    try:
+        if _norm(predicted) == _norm(reference):  # fast path: no sympy needed
+            return True
+        from math_verify import verify
+
+        timeout = 5 if threading.current_thread() is threading.main_thread() else None
+        gold = _mv_parse(reference, timeout)
+        pred = _mv_parse(predicted, timeout)
+        if not gold or not pred:
+            return False
+        return bool(verify(gold, pred, timeout_seconds=timeout))
+    except BaseException as e:  # math-verify/sympy can raise odd things; a grade is a bool
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        return False
+
+
+# ---------------------------------------------------------------- problem sets
+
+
+class BenchmarkError(Exception):
+    """A problem set that cannot be loaded; the message is one line naming the fix."""
+
+
+def _reference(raw: object, benchmark_name: str) -> str:
+    text = str(raw).strip()
+    if benchmark_name == "gsm8k":
+        # GSM8K's answer field is a worked solution ending in "#### 42".
+        if "####" not in text:
+            raise ValueError("has no '#### answer' line")
+        text = text.rsplit("####", 1)[1].strip().replace(",", "")
+    return text
+
+
+def load_jsonl(
+    path: str, benchmark_name: str, problem_field: str = "problem", answer_field: str = "answer"
+) -> list[Problem]:
+    """Problems from a JSONL file: one object per line with the problem text and its reference answer."""
+    import json
+    from pathlib import Path
+
+    problems = []
+    source = Path(path).expanduser()
+    try:
+        lines = source.read_text().splitlines()
+    except OSError as exc:
+        raise BenchmarkError(f"benchmark.path: cannot read {path!r} ({exc.strerror}); check the path") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"benchmark.path: {path} line {number}"
+        try:
+            row = json.loads(line)
+            reference = _reference(row[answer_field], benchmark_name)
+            text = row[problem_field]
+        except json.JSONDecodeError:
+            raise BenchmarkError(f"{where} is not JSON; give one JSON object per line") from None
+        except KeyError as exc:
+            raise BenchmarkError(
+                f"{where} has no field {exc.args[0]!r}; set benchmark.problem_field / answer_field"
+            ) from None
+        except ValueError as exc:
+            raise BenchmarkError(f"{where}: the answer {exc}; check benchmark.name") from None
+        solution = row.get("solution")
+        problems.append(
+            Problem(
+                id=str(row.get("unique_id") or row.get("id") or f"{source.stem}-{len(problems)}"),
+                prompt=f"Problem: {text}\nSolution:",
+                answer=reference,
+                solution=solution if isinstance(solution, str) else None,
+            )
+        )
+    if not problems:
+        raise BenchmarkError(f"benchmark.path: {path} holds no problems; give a JSONL file with one problem per line")
+    return problems
+
+
+def load_problems(benchmark) -> list[Problem]:
+    """The problems a study runs, from its spec's `benchmark` section (latts.spec.BenchmarkSpec)."""
+    if benchmark.name == "arith":
+        return arith_problems(benchmark.n_problems, benchmark.seed)
+    problems = load_jsonl(benchmark.path, benchmark.name, benchmark.problem_field, benchmark.answer_field)
+    if benchmark.n_problems is None or benchmark.n_problems >= len(problems):
+        return problems
+    # Seeded subsample, kept in file order so that problem indices read naturally.
+    chosen = sorted(random.Random(benchmark.seed).sample(range(len(problems)), benchmark.n_problems))
+    return [problems[i] for i in chosen]

@@ -1,0 +1,242 @@
+"""The study spec: what to search, on which model, problems and hardware, within which budgets.
+
+Validated once, up front, so that a bad spec costs one line of error and no database writes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from latts import demo_models
+from latts.records import TTSConfig
+
+AGGREGATORS = (
+    "majority",
+    "weighted_mean_logprob",
+    "weighted_min_window",
+    "weighted_tail",
+    "weighted_bottom10",
+    "best_of_n",
+    "weighted_best_of_n",
+)
+VERIFIER_AGGREGATORS = ("best_of_n", "weighted_best_of_n")
+SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "mtp")
+# Methods that need a second model: the draft, or the EAGLE/MTP head.
+METHODS_WITH_MODEL = ("draft_model", "eagle", "eagle3")
+NO_SPECULATION = "none"
+STATISTICS = ("mean", "p50", "p90", "p99")
+
+# A hub id is `org/name`; anything that looks like a filesystem path must exist.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class SpecError(Exception):
+    """A spec that cannot run. The message is one line: where, what, and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_model_name(name: str) -> str:
+    """Accept demo models, existing local folders and hub ids; reject a path that is not there."""
+    if demo_models.is_demo_model(name):
+        return name
+    looks_like_path = name.startswith(("/", ".", "~")) or Path(name).exists() or not _HUB_ID.match(name)
+    if looks_like_path and not Path(name).expanduser().is_dir():
+        demo = ", ".join(demo_models.DEMO_MODELS)
+        raise ValueError(f"model folder {name!r} does not exist; give an existing local folder, a hub id (org/name) or one of {demo}")
+    return name
+
+
+ModelName = Annotated[str, Field(min_length=1)]
+
+
+class BenchmarkSpec(_Strict):
+    name: Literal["arith", "math500", "gsm8k", "jsonl"]
+    n_problems: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    path: str | None = None  # JSONL file for math500 / gsm8k / jsonl
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchmarkSpec:
+        if self.name == "arith" and self.n_problems is None:
+            raise ValueError("arith needs n_problems (how many problems to generate), e.g. n_problems: 64")
+        if self.name != "arith":
+            if self.path is None:
+                raise ValueError(f"{self.name} needs path: a JSONL file of problems")
+            if not Path(self.path).expanduser().is_file():
+                raise ValueError(f"problem file {self.path!r} does not exist; fix benchmark.path")
+        return self
+
+
+class SamplingSpec(_Strict):
+    temperature: float = Field(default=0.8, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=96, ge=1)
+
+
+class SpeculativeSpec(_Strict):
+    method: Literal["ngram", "draft_model", "eagle", "eagle3", "mtp"]
+    model: ModelName | None = None
+    num_speculative_tokens: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+    @field_validator("num_speculative_tokens", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str | None) -> str | None:
+        return None if value is None else check_model_name(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeSpec:
+        if self.method in METHODS_WITH_MODEL and self.model is None:
+            raise ValueError(f"method {self.method} needs model: the draft/head model to speculate with")
+        if self.method == "ngram" and self.model is not None:
+            raise ValueError("method ngram drafts from the prompt and takes no model; remove model")
+        return self
+
+
+class SearchSpace(_Strict):
+    branches: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+    speculative: list[Literal["none"] | SpeculativeSpec] = Field(default_factory=lambda: [NO_SPECULATION], min_length=1)
+    aggregator: list[Literal[AGGREGATORS]] = Field(default_factory=lambda: ["majority"], min_length=1)  # type: ignore[valid-type]
+
+    def choices(self) -> dict[str, list[Any]]:
+        """Each search dimension and its choices, as Optuna categorical parameters."""
+        return {
+            "branches": sorted(set(self.branches)),
+            "speculative": list(dict.fromkeys(spec_label for spec_label, _ in self._speculative_options())),
+            "aggregator": list(dict.fromkeys(self.aggregator)),
+        }
+
+    def _speculative_options(self) -> list[tuple[str, dict[str, Any] | None]]:
+        options: list[tuple[str, dict[str, Any] | None]] = []
+        for entry in self.speculative:
+            if entry == NO_SPECULATION:
+                options.append((NO_SPECULATION, None))
+                continue
+            for k in entry.num_speculative_tokens:
+                model = f":{entry.model}" if entry.model else ""
+                options.append(
+                    (f"{entry.method}{model}:k={k}", {"method": entry.method, "model": entry.model, "k": k})
+                )
+        return options
+
+    def speculative_option(self, label: str) -> dict[str, Any] | None:
+        return dict(self._speculative_options())[label]
+
+
+class WorkersSpec(_Strict):
+    count: int = Field(default=1, ge=1)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    # Engines kept alive per worker, least recently used evicted first: an engine
+    # holds its KV cache (about 2 GB even for the demo model on CPU).
+    engines_per_worker: int = Field(default=2, ge=1)
+
+
+class EngineSpec(_Strict):
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_model_len: int | None = Field(default=None, ge=16)  # None: the model's own maximum
+    kv_cache_gib: int = Field(default=1, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE, whole GiB)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU builds only
+    enforce_eager: bool = False
+
+
+class StudySpec(_Strict):
+    study: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    hardware: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    model: ModelName
+    benchmark: BenchmarkSpec
+    sampling: SamplingSpec = SamplingSpec()
+    search_space: SearchSpace
+    budgets_s: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    latency_statistic: Literal["mean", "p50", "p90", "p99"] = "mean"
+    sampler: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
+    population_size: int = Field(default=8, ge=2)  # NSGA-II generation size
+    n_trials: int = Field(default=24, ge=1)
+    seed: int = 0
+    workers: WorkersSpec = WorkersSpec()
+    engine: EngineSpec = EngineSpec()
+    concurrency: int = Field(default=1, ge=1)
+    trial_timeout_s: float = Field(default=1800, gt=0)
+    storage: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, value: str) -> str:
+        return check_model_name(value)
+
+    @field_validator("budgets_s")
+    @classmethod
+    def _sorted_budgets(cls, value: list[float]) -> list[float]:
+        return sorted(set(value))
+
+    def config_from_params(self, params: dict[str, Any]) -> TTSConfig:
+        """Turn one point of the search space (Optuna's params) into a TTS config."""
+        speculative = self.search_space.speculative_option(params["speculative"])
+        return TTSConfig(
+            branches=int(params["branches"]),
+            aggregator=params["aggregator"],
+            speculative_method=speculative["method"] if speculative else None,
+            draft_model=speculative["model"] if speculative else None,
+            num_speculative_tokens=speculative["k"] if speculative else None,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            max_tokens=self.sampling.max_tokens,
+        )
+
+
+def _error_location(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif isinstance(item, str) and not item.startswith(("literal[", "function-")) and item != "SpeculativeSpec":
+            parts.append(item)
+    return ".".join(parts) or "spec"
+
+
+def parse_spec(data: Any, source: str = "spec") -> StudySpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: the spec must be a YAML mapping of fields (study, model, benchmark, ...)")
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        # Report the first problem only: one line, with the field's path and pydantic's reason.
+        errors = exc.errors()
+        # In a union (`none` or a mapping) the mapping's own complaint is the useful one.
+        error = next((e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])), errors[0])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling against the README's spec format"
+        elif error["type"] == "missing":
+            message = "required field is missing; add it (see the README's spec format)"
+        raise SpecError(f"{source}: {_error_location(error['loc'])}: {message}") from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file ({exc.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}; fix the YAML syntax") from None
+    return parse_spec(data, source=str(path))

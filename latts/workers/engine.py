@@ -1,0 +1,151 @@
+"""The vLLM backend: the one place latts builds engines and generates. Same code on CPU and GPU builds."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from latts import demo_models
+from latts.records import TTSConfig
+from latts.spec import EngineSpec
+
+SPEC_DECODE_COUNTERS = {
+    "vllm:spec_decode_num_drafts": "num_drafts",
+    "vllm:spec_decode_num_draft_tokens": "drafted_tokens",
+    "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
+}
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What needs its own engine; branches, aggregator and sampling change per request instead."""
+
+    model: str
+    speculative_method: str | None
+    draft_model: str | None
+    num_speculative_tokens: int | None
+    dtype: str
+    tensor_parallel_size: int
+    max_model_len: int | None
+
+    @classmethod
+    def for_config(cls, model: str, config: TTSConfig, engine: EngineSpec) -> EngineKey:
+        return cls(
+            model=model,
+            speculative_method=config.speculative_method,
+            draft_model=config.draft_model,
+            num_speculative_tokens=config.num_speculative_tokens,
+            dtype=engine.dtype,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            max_model_len=engine.max_model_len,
+        )
+
+    def speculative_config(self) -> dict[str, Any] | None:
+        """vLLM's `speculative_config`, exactly as `vllm serve` takes it."""
+        if self.speculative_method is None:
+            return None
+        config: dict[str, Any] = {
+            "method": self.speculative_method,
+            "num_speculative_tokens": self.num_speculative_tokens,
+        }
+        if self.draft_model is not None:
+            config["model"] = self.draft_model
+        return config
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    n_tokens: int
+    token_logprobs: tuple[float, ...]
+
+
+class Engine:
+    def __init__(self, key: EngineKey, settings: EngineSpec, seed: int) -> None:
+        from vllm import LLM  # imported here: the controller never needs vLLM
+
+        speculative = key.speculative_config()
+        if speculative and "model" in speculative:
+            speculative["model"] = demo_models.resolve_model(speculative["model"])
+        model = demo_models.resolve_model(key.model)
+        started = time.perf_counter()
+        self.llm = LLM(
+            model=model,
+            dtype=key.dtype,
+            tensor_parallel_size=key.tensor_parallel_size,
+            max_model_len=key.max_model_len,
+            speculative_config=speculative,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            enforce_eager=settings.enforce_eager,
+            seed=seed,
+            disable_log_stats=False,  # spec-decode counters come from the engine's stats
+        )
+        self.start_s = time.perf_counter() - started
+
+    def generate(self, prompts: list[str], config: TTSConfig, seeds: list[int]) -> list[list[Sample]]:
+        """`config.branches` samples for each prompt, submitted together."""
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=config.branches,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                max_tokens=config.max_tokens,
+                logprobs=0,  # the sampled token's own log-probability, as the engine computed it
+                seed=seed,
+            )
+            for seed in seeds
+        ]
+        requests = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            [
+                Sample(
+                    text=out.text,
+                    n_tokens=len(out.token_ids),
+                    token_logprobs=tuple(step[token].logprob for token, step in zip(out.token_ids, out.logprobs or [])),
+                )
+                for out in request.outputs
+            ]
+            for request in requests
+        ]
+
+    def spec_counters(self) -> dict[str, int]:
+        """Cumulative speculative-decoding counters of this process's engines."""
+        totals = dict.fromkeys(SPEC_DECODE_COUNTERS.values(), 0)
+        for metric in self.llm.get_metrics():
+            if metric.name in SPEC_DECODE_COUNTERS:
+                totals[SPEC_DECODE_COUNTERS[metric.name]] += int(metric.value)
+        return totals
+
+    def close(self) -> None:
+        # The engine core runs in its own process; shutting it down returns its KV cache memory.
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm
+
+
+class EngineCache:
+    """Engines by key, least recently used evicted first once `capacity` is reached."""
+
+    def __init__(self, capacity: int, settings: EngineSpec, seed: int) -> None:
+        self.capacity = capacity
+        self.settings = settings
+        self.seed = seed
+        self._engines: OrderedDict[EngineKey, Engine] = OrderedDict()
+
+    def keys(self) -> list[EngineKey]:
+        return list(self._engines)
+
+    def get(self, key: EngineKey) -> tuple[Engine, bool]:
+        """The engine for `key` and whether it was started just now."""
+        if key in self._engines:
+            self._engines.move_to_end(key)
+            return self._engines[key], False
+        while len(self._engines) >= self.capacity:
+            _, evicted = self._engines.popitem(last=False)
+            evicted.close()
+        engine = Engine(key, self.settings, self.seed)
+        self._engines[key] = engine
+        return engine, True

@@ -1,0 +1,244 @@
+"""Repository against real databases: SQLite files and, when reachable, PostgreSQL.
+
+PostgreSQL tests run in a fresh database per test session (dropped at the end)
+and a fresh schema per test, so reruns and parallel CI jobs never collide.
+"""
+
+import multiprocessing
+import os
+import secrets
+
+import numpy as np
+import psycopg
+import pytest
+
+from latts.records import Branch, ProblemResult, TrialResult, TTSConfig
+from latts.stats import wilson_interval
+from latts.storage import Repository, StorageError
+from tests.conftest import PG_SERVER, pg_schema_url
+
+CONFIG = TTSConfig(branches=4, aggregator="majority", speculative_method="ngram", num_speculative_tokens=4)
+SPEC = {"study": "s1", "budgets_s": [0.5, 1.0], "search_space": {"branches": [1, 2, 4]}}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'latts.db'}"
+    return pg_schema_url(request.getfixturevalue("pg_database"))
+
+
+@pytest.fixture
+def repo(url):
+    repository = Repository(url)
+    yield repository
+    repository.close()
+
+
+def make_result(latencies, correct, worker="w0", **counters) -> TrialResult:
+    problems = [
+        ProblemResult(
+            index=i,
+            problem_id=f"arith-{i}",
+            reference=str(i),
+            branches=(
+                Branch(f"so the answer is {i}", str(i), 3, (-0.1, -2.5, -1e-9), 0.75),
+                Branch("no idea", None, 2, (-1 / 3, float("-inf"))),  # JSON has no -inf; storage keeps it anyway
+            ),
+            aggregated_answer=str(i) if ok else None,
+            correct=ok,
+            latency_s=latency,
+        )
+        for i, (latency, ok) in enumerate(zip(latencies, correct))
+    ]
+    return TrialResult(problems=problems, worker=worker, engine_start_s=15.5, warmup_s=1.25, **counters)
+
+
+def setup_study(repo, study="s1", hardware="cpu-2core", model="demo:target", benchmark="arith"):
+    repo.ensure_hardware(hardware, {"cpu_count": 2, "memory_gb": 8.0, "gpus": [], "vllm": "0.32.0"})
+    repo.ensure_study(study, hardware, model, benchmark, SPEC)
+
+
+def test_round_trip(repo):
+    setup_study(repo)
+    setup_study(repo)  # resuming: both calls are no-ops the second time
+    assert repo.study_spec("s1") == SPEC
+    assert repo.study_spec("nope") is None
+
+    trial_id = repo.start_trial("s1", 0, CONFIG, worker="w0")
+    [running] = repo.running_trials("s1")
+    assert (running.id, running.state, running.config, running.accuracy) == (trial_id, "RUNNING", CONFIG, None)
+
+    latencies = [0.5, 0.1, 0.3, 0.9, 0.2]
+    result = make_result(latencies, [True, True, False, True, False], drafted_tokens=100, accepted_tokens=60, num_drafts=25)
+    summary = repo.finish_trial(trial_id, result)
+
+    assert summary.state == "COMPLETE" and summary.hardware == "cpu-2core" and summary.study == "s1"
+    assert summary.accuracy == 0.6 and summary.n_problems == 5
+    assert summary.accuracy_ci == pytest.approx(wilson_interval(3, 5))
+    assert summary.accuracy_ci == pytest.approx((0.2307, 0.8824), abs=5e-5)  # Wilson 3/5, textbook value
+    assert summary.latency_s.mean == pytest.approx(0.4)
+    percentiles = np.percentile(latencies, [50, 90, 99])
+    assert (summary.latency_s.p50, summary.latency_s.p90, summary.latency_s.p99) == pytest.approx(tuple(percentiles))
+    assert (summary.engine_start_s, summary.warmup_s, summary.worker) == (15.5, 1.25, "w0")
+    assert (summary.drafted_tokens, summary.accepted_tokens, summary.extra["num_drafts"]) == (100, 60, 25)
+    assert summary.mean_acceptance_length == pytest.approx(3.4)
+    assert summary.extra["finished_at"] >= summary.extra["started_at"]
+
+    assert repo.trials("s1") == [summary]
+    assert repo.running_trials("s1") == []
+    assert repo.problem_results(trial_id) == result.problems  # branches, logprobs and floats bit-exact
+
+
+def test_fail_trial_records_reason_and_no_numbers(repo):
+    setup_study(repo)
+    trial_id = repo.start_trial("s1", 3, CONFIG)
+    repo.fail_trial(trial_id, "engine out of memory")
+    [failed] = repo.trials("s1")
+    assert (failed.state, failed.fail_reason) == ("FAILED", "engine out of memory")
+    assert failed.accuracy is None and failed.accuracy_ci is None and failed.latency_s is None
+    assert failed.extra["finished_at"] is not None
+    with pytest.raises(StorageError, match="already FAILED"):
+        repo.finish_trial(trial_id, make_result([0.1], [True]))
+    with pytest.raises(StorageError, match="already FAILED"):
+        repo.fail_trial(trial_id, "again")
+    with pytest.raises(StorageError, match="does not exist"):
+        repo.fail_trial(trial_id + 1000, "no such trial")
+
+
+def test_finish_trial_is_all_or_nothing(repo):
+    setup_study(repo)
+    trial_id = repo.start_trial("s1", 0, CONFIG)
+    result = make_result([0.1, 0.2, 0.3], [True, False, True])
+    result.problems[2] = result.problems[0]  # duplicate problem index: the third row insert fails
+    with pytest.raises(StorageError, match="each problem index must appear once"):
+        repo.finish_trial(trial_id, result)
+    assert repo.problem_results(trial_id) == []
+    assert [t.state for t in repo.trials("s1")] == ["RUNNING"]
+    with pytest.raises(StorageError, match="fail_trial"):
+        repo.finish_trial(trial_id, make_result([], []))
+
+
+def test_start_trial_errors(repo):
+    setup_study(repo)
+    repo.start_trial("s1", 0, CONFIG)
+    with pytest.raises(StorageError, match="already stored"):
+        repo.start_trial("s1", 0, CONFIG)
+    with pytest.raises(StorageError, match="call ensure_study first"):
+        repo.start_trial("nope", 0, CONFIG)
+
+
+def test_filters_and_order(repo):
+    setup_study(repo, "b-study", "cpu-2core", "demo:target", "arith")
+    setup_study(repo, "a-study", "h100x1", "Qwen/Qwen2.5-3B", "math500")
+    for number in (2, 0, 1):
+        repo.start_trial("b-study", number, CONFIG)
+    a0 = repo.start_trial("a-study", 0, CONFIG)
+    a1 = repo.start_trial("a-study", 1, CONFIG)
+    repo.finish_trial(a0, make_result([0.2], [True]))
+    repo.fail_trial(a1, "timeout")
+
+    assert [(t.study, t.number) for t in repo.trials()] == [("a-study", 0), ("a-study", 1), ("b-study", 0), ("b-study", 1), ("b-study", 2)]
+    assert [t.number for t in repo.trials("b-study")] == [0, 1, 2]
+    assert [t.id for t in repo.trials(states=["COMPLETE"])] == [a0]
+    assert [t.id for t in repo.trials(states=["COMPLETE", "FAILED"], hardware="h100x1")] == [a0, a1]
+    assert [t.id for t in repo.trials(hardware="h100x1", model="Qwen/Qwen2.5-3B", benchmark="math500", states=["FAILED"])] == [a1]
+    assert repo.trials(hardware="cpu-2core", model="Qwen/Qwen2.5-3B") == []
+    assert {t.hardware for t in repo.trials("b-study", benchmark="arith")} == {"cpu-2core"}
+    assert len(repo.running_trials("b-study")) == 3
+
+
+def test_studies_counts_by_state(repo):
+    assert repo.studies() == []
+    setup_study(repo, "b-study")
+    setup_study(repo, "a-study", "h100x1")
+    done = repo.start_trial("a-study", 0, CONFIG)
+    repo.finish_trial(done, make_result([0.1, 0.2], [True, True]))
+    repo.fail_trial(repo.start_trial("a-study", 1, CONFIG), "crash")
+    repo.fail_trial(repo.start_trial("a-study", 2, CONFIG), "crash")
+    repo.start_trial("a-study", 3, CONFIG)
+
+    a, b = repo.studies()
+    assert (a.name, a.hardware, a.model, a.benchmark) == ("a-study", "h100x1", "demo:target", "arith")
+    assert a.counts == {"RUNNING": 1, "COMPLETE": 1, "FAILED": 2}
+    assert (b.name, b.counts) == ("b-study", {"RUNNING": 0, "COMPLETE": 0, "FAILED": 0})
+    assert a.created_at.tzinfo is not None
+    assert repo.study("a-study") == a
+    assert repo.study("nope") is None
+
+
+def test_ensure_study_conflicts(repo):
+    setup_study(repo)
+    with pytest.raises(StorageError, match="pick another `study:` name") as err:
+        repo.ensure_study("s1", "cpu-2core", "other-model", "arith", SPEC)
+    assert "\n" not in str(err.value)
+    with pytest.raises(StorageError, match="pick another `study:` name"):
+        setup_study(repo, hardware="h100x1")
+    with pytest.raises(StorageError, match="ensure_hardware"):
+        repo.ensure_study("s2", "unregistered", "demo:target", "arith", SPEC)
+
+
+def _write_trials(url: str, first_number: int, count: int, barrier) -> None:
+    """One writer process: registers the same hardware and study as its peer, then writes trials."""
+    barrier.wait()  # open the storage together: both race to create the tables and rows
+    repo = Repository(url)
+    setup_study(repo, "shared")
+    for number in range(first_number, first_number + count):
+        worker = f"pid-{os.getpid()}"
+        trial_id = repo.start_trial("shared", number, CONFIG, worker=worker)
+        result = make_result([0.01 * (i + 1) for i in range(8)], [i % 2 == 0 for i in range(8)], worker=worker)
+        repo.finish_trial(trial_id, result)
+    repo.close()
+
+
+def test_concurrent_writers(url):
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    writers = [context.Process(target=_write_trials, args=(url, first, 30, barrier)) for first in (0, 30)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0], "a writer failed; its traceback is in the captured stderr"
+
+    repo = Repository(url)
+    trials = repo.trials("shared")
+    assert [t.number for t in trials] == list(range(60))
+    assert {t.state for t in trials} == {"COMPLETE"} and len({t.worker for t in trials}) == 2
+    assert all(len(repo.problem_results(t.id)) == 8 for t in trials)
+    assert repo.study("shared").counts["COMPLETE"] == 60
+    repo.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql+psycopg://postgres@127.0.0.1:1/test", ["127.0.0.1:1", "start the database"]),
+        ("sqlite:///{tmp}/missing-dir/latts.db", ["unable to open database file", "--storage"]),
+        ("nosuchdb://host/db", ["nosuchdb", "sqlite:///FILE"]),
+        ("not a url", ["cannot parse storage URL"]),
+    ],
+)
+def test_unusable_storage_is_one_line_error(url, words, tmp_path):
+    with pytest.raises(StorageError) as err:
+        Repository(url.format(tmp=tmp_path))
+    message = str(err.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.postgres
+def test_database_gone_after_open_is_one_line_error(pg_database):
+    name = f"{pg_database}_gone"
+    with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            repo = Repository(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}")
+            setup_study(repo)
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with pytest.raises(StorageError, match="check that the database is up") as err:
+        repo.trials("s1")
+    assert "\n" not in str(err.value)
+    repo.close()

@@ -1,0 +1,86 @@
+"""`latts tune` end to end on the demo models: real vLLM engines, real Ray, real databases."""
+
+from __future__ import annotations
+
+import json
+import pytest
+
+from latts.optimizer.frontier import best_within, pareto_front
+from latts.storage import Repository
+from tests.conftest import SMALL_STUDY, pg_schema_url, run_latts, tune
+
+pytestmark = pytest.mark.engine
+
+def check_study(url: str, n_trials: int, n_problems: int) -> list:
+    repo = Repository(url)
+    trials = repo.trials("e2e")
+    assert [t.state for t in trials] == ["COMPLETE"] * n_trials, [t.fail_reason for t in trials]
+    configs = {(t.config.branches, t.config.speculative_method) for t in trials}
+    assert len(configs) == n_trials  # the grid, each config once
+    for t in trials:
+        rows = repo.problem_results(t.id)
+        assert [r.index for r in rows] == list(range(n_problems))
+        assert all(len(r.branches) == t.config.branches for r in rows)
+        assert t.accuracy == pytest.approx(sum(r.correct for r in rows) / n_problems)
+        assert t.latency_s.mean == pytest.approx(sum(r.latency_s for r in rows) / n_problems)
+        assert t.latency_s.mean > 0 and t.accuracy_ci[0] <= t.accuracy <= t.accuracy_ci[1]
+        if t.config.speculative_method == "ngram":
+            assert t.drafted_tokens is not None and t.accepted_tokens is not None
+        else:
+            assert t.drafted_tokens is None
+    return trials
+
+
+def test_sqlite_study_completes_and_rows_are_stored(sqlite_study):
+    url, proc = sqlite_study
+    check_study(url, n_trials=4, n_problems=6)
+    assert "Frontier of e2e" in proc.stdout and "Best config per budget" in proc.stdout
+
+
+def test_frontier_and_best_agree_with_stored_rows(sqlite_study, tmp_path):
+    url, _ = sqlite_study
+    trials = Repository(url).trials("e2e")
+    front = json.loads(run_latts("frontier", "--study", "e2e", "--json", "--storage", url).stdout)
+    assert [t["number"] for t in front["frontier"]] == [t.number for t in pareto_front(trials)]
+    for t in front["frontier"]:
+        assert set(t["config"]) >= {"branches", "speculative_method", "draft_model", "num_speculative_tokens", "aggregator"}
+        assert set(t["latency_s"]) == {"mean", "p50", "p90", "p99"}
+        assert {"accuracy", "accuracy_ci", "hardware", "state"} <= set(t)
+    for budget in (0.5, 5.0, 1000.0):
+        proc = run_latts("best", "--study", "e2e", "--budget", str(budget), "--json", "--storage", url)
+        expected = best_within(trials, budget)
+        if expected is None:
+            assert proc.returncode == 3
+            continue
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["best"]["number"] == expected.number
+    fastest = min(t.latency_s.mean for t in trials)
+    proc = run_latts("best", "--study", "e2e", "--budget", str(fastest / 2), "--json", "--storage", url)
+    assert proc.returncode == 3 and json.loads(proc.stdout)["best"] is None
+    p90 = run_latts("best", "--study", "e2e", "--budget", "1000", "--statistic", "p90", "--json", "--storage", url)
+    assert json.loads(p90.stdout)["statistic"] == "p90"
+
+
+def test_status_counts(sqlite_study):
+    url, _ = sqlite_study
+    doc = json.loads(run_latts("status", "--json", "--storage", url).stdout)
+    (study,) = doc["studies"]
+    assert study["name"] == "e2e" and study["counts"]["COMPLETE"] == 4 and study["counts"]["RUNNING"] == 0
+
+
+def test_rerun_of_a_finished_study_measures_nothing_new(sqlite_study, tmp_path):
+    url, _ = sqlite_study
+    before = [(t.id, t.accuracy) for t in Repository(url).trials("e2e")]
+    tune(tmp_path, url)
+    assert [(t.id, t.accuracy) for t in Repository(url).trials("e2e")] == before
+
+
+@pytest.mark.postgres
+def test_postgresql_study(pg_database, tmp_path, demo_model_paths):
+    url = pg_schema_url(pg_database)
+    tune(tmp_path, url, n_trials=2, search_space={**SMALL_STUDY["search_space"], "branches": [2]})
+    check_study(url, n_trials=2, n_problems=6)
+    # Optuna's tables live in the same database.
+    import optuna
+
+    assert len(optuna.load_study(study_name="e2e", storage=url).trials) == 2
