@@ -179,7 +179,9 @@ def status(
         if not studies:
             raise UsageError(f"no study named {study!r} in this storage; `latts status` lists them")
     if as_json:
-        _print_json({"studies": [s.to_json() for s in studies]})
+        from latts.answers import studies_document
+
+        _print_json(studies_document(studies))
         return
     table = Table(title="Studies", title_justify="left")
     for column in ("study", "hardware", "model", "benchmark", "complete", "failed", "running"):
@@ -190,9 +192,12 @@ def status(
 
 
 def _study_trials(repo, study: str) -> list[TrialSummary]:
-    if repo.study(study) is None:
-        raise UsageError(f"no study named {study!r} in this storage; `latts status` lists them")
-    return repo.trials(study)
+    from latts import answers
+
+    try:
+        return answers.study_trials(repo, study)
+    except answers.UnknownStudy as exc:
+        raise UsageError(f"{exc}; `latts status` lists them") from None
 
 
 @app.command()
@@ -204,14 +209,15 @@ def frontier(
     as_json: JsonOption = False,
 ) -> None:
     """The Pareto-optimal trials: no other trial is both more accurate and faster."""
+    from latts.answers import frontier_document
     from latts.optimizer.frontier import pareto_front
 
     _check_statistic(statistic)
-    front = pareto_front(_study_trials(_repository(storage), study), statistic)
+    trials = _study_trials(_repository(storage), study)
     if as_json:
-        _print_json({"study": study, "statistic": statistic, "frontier": [t.to_json() for t in front]})
+        _print_json(frontier_document(study, trials, statistic))
     else:
-        out.print(trials_table(f"Frontier of {study} ({statistic} latency)", front, statistic))
+        out.print(trials_table(f"Frontier of {study} ({statistic} latency)", pareto_front(trials, statistic), statistic))
 
 
 @app.command()
@@ -227,6 +233,7 @@ def best(
     as_json: JsonOption = False,
 ) -> None:
     """The most accurate config within the budget; exit code 3 when none fits."""
+    from latts.answers import best_document
     from latts.optimizer.frontier import best_within
 
     _check_budget(budget)
@@ -240,7 +247,7 @@ def best(
         raise UsageError("give --study NAME, or all of --hardware, --model and --benchmark")
     chosen = best_within(trials, budget, statistic)
     if as_json:
-        _print_json({"budget_s": budget, "statistic": statistic, "best": chosen.to_json() if chosen else None})
+        _print_json(best_document(trials, budget, statistic))
     elif chosen:
         out.print(trials_table(f"Best within {budget:g} s ({statistic} latency)", [chosen], statistic))
     else:
@@ -259,12 +266,7 @@ def demo_models_command() -> None:
 
 
 def _study_spec_and_trials(repo, study: str) -> tuple[dict[str, Any], list[TrialSummary]]:
-    from latts import answers
-
-    try:
-        trials = answers.study_trials(repo, study)
-    except answers.UnknownStudy as exc:
-        raise UsageError(f"{exc}; `latts status` lists them") from None
+    trials = _study_trials(repo, study)
     return repo.study_spec(study) or {}, trials
 
 

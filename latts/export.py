@@ -1,0 +1,90 @@
+"""Serving configs for a chosen trial: the engine side as a `vllm serve --config` YAML, the request
+side (branches, sampling, aggregation) as JSON for the client that sends requests and aggregates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+import yaml
+
+from latts import demo_models
+from latts.records import TrialSummary
+from latts.spec import EngineSpec
+from latts.workers.engine import EngineKey
+
+FORMATS = ("vllm-yaml", "json")
+# Aggregators that weigh branches by the engine's token log-probabilities, so requests must ask for them.
+LOGPROB_AGGREGATORS = ("weighted_mean_logprob", "weighted_min_window", "weighted_tail", "weighted_bottom10")
+
+
+def engine_key(spec: dict[str, Any], trial: TrialSummary) -> EngineKey:
+    """The engine the trial ran on, from the study's stored spec (`StudySpec.model_dump(mode="json")`)."""
+    return EngineKey.for_config(spec["model"], trial.config, EngineSpec.model_validate(spec.get("engine", {})))
+
+
+def vllm_serve_config(spec: dict[str, Any], trial: TrialSummary) -> dict[str, Any]:
+    """`vllm serve --config` keys (its YAML spells them like the flags); demo names become local folders."""
+    key = engine_key(spec, trial)
+    document: dict[str, Any] = {
+        "model": demo_models.resolve_model(key.model),
+        "dtype": key.dtype,
+        "tensor-parallel-size": key.tensor_parallel_size,
+    }
+    if key.max_model_len is not None:  # otherwise vLLM takes the model's own maximum, as the trial did
+        document["max-model-len"] = key.max_model_len
+    speculative = key.speculative_config()
+    if speculative is not None:
+        if "model" in speculative:
+            speculative["model"] = demo_models.resolve_model(speculative["model"])
+        document["speculative-config"] = speculative
+    return document
+
+
+def request_settings(spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: str) -> dict[str, Any]:
+    """What a client sends per problem and how it combines the answers, with what the trial measured."""
+    config = trial.config
+    request: dict[str, Any] = {
+        "model": demo_models.resolve_model(spec["model"]),  # vLLM's served model name defaults to this path
+        "n": config.branches,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_tokens": config.max_tokens,
+    }
+    if config.aggregator in LOGPROB_AGGREGATORS:
+        request["logprobs"] = 0  # vLLM then returns each sampled token's own log-probability
+    return {
+        "study": trial.study,
+        "trial": trial.number,
+        "hardware": trial.hardware,
+        "budget_s": budget_s,
+        "statistic": statistic,
+        "request": request,
+        "aggregator": config.aggregator,
+        "verifier": demo_models.resolve_model(config.verifier) if config.verifier else None,
+        "speculative_config": engine_key(spec, trial).speculative_config(),
+        "measured": {
+            "accuracy": trial.accuracy,
+            "accuracy_ci": list(trial.accuracy_ci) if trial.accuracy_ci else None,
+            "latency_s": asdict(trial.latency_s) if trial.latency_s else None,
+            "n_problems": trial.n_problems,
+            "mean_acceptance_length": trial.mean_acceptance_length,
+        },
+    }
+
+
+def render(fmt: str, spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: str) -> str:
+    if fmt == "json":
+        return json.dumps(request_settings(spec, trial, budget_s, statistic), indent=2) + "\n"
+    if fmt != "vllm-yaml":
+        raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if trial.latency_s is None or trial.accuracy is None:
+        raise ValueError(f"trial {trial.number} of study {trial.study} has no measurements; export a completed trial")
+    latency = trial.latency_s.get(statistic)
+    header = (
+        f"# latts export: study {trial.study}, trial {trial.number} ({trial.config.label()}) on {trial.hardware}\n"
+        f"# accuracy {trial.accuracy:.1%}, {statistic} latency {latency:.3f} s within a budget of {budget_s:g} s\n"
+        f"# use: vllm serve --config FILE; request settings (n={trial.config.branches}, ...): latts export --format json\n"
+    )
+    return header + yaml.safe_dump(vllm_serve_config(spec, trial), sort_keys=False)

@@ -1,0 +1,229 @@
+"""Accuracy-latency plots of a study: `.png` with matplotlib, `.html` (interactive) with plotly.
+
+Every measured trial is a point (colour = speculative method, size = branches), the Pareto
+frontier a step line, each budget a vertical line with the config chosen for it annotated.
+Failed trials have no latency, so they sit apart in a strip of grey crosses below the chart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from latts.optimizer.frontier import best_within, pareto_front
+from latts.records import TrialSummary
+
+if TYPE_CHECKING:  # both libraries load only when a plot of their kind is drawn
+    import plotly.graph_objects as go
+    from matplotlib.figure import Figure
+
+FORMATS = (".png", ".html")
+PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+FAILED_COLOUR = "#8c8c8c"
+
+
+class PlotError(Exception):
+    """A plot that cannot be written; one line."""
+
+
+def _method(trial: TrialSummary) -> str:
+    return trial.config.speculative_method or "none"
+
+
+def _marker_size(branches: int) -> float:
+    # Area grows with log2(branches): 1 -> 40, 16 -> 200 (points^2), readable from 1 to 64 branches.
+    return 40.0 + 40.0 * math.log2(branches)
+
+
+def _hover(trial: TrialSummary, statistic: str) -> str:
+    return f"#{trial.number} {trial.config.label()}: {trial.accuracy:.1%}, {trial.latency_s.get(statistic):.3f} s"
+
+
+def _chosen(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str) -> list[tuple[float, TrialSummary | None]]:
+    return [(budget, best_within(trials, budget, statistic)) for budget in sorted(budgets)]
+
+
+def _choice_text(budget: float, trial: TrialSummary | None) -> str:
+    if trial is None:
+        return f"<= {budget:g} s: nothing fits"
+    return f"<= {budget:g} s: #{trial.number} {trial.config.label()} ({trial.accuracy:.0%})"
+
+
+def plot_study(
+    trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, path: str | Path, title: str = ""
+) -> Path:
+    """Write the plot to `path`; its extension picks the format."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise PlotError(f"cannot plot to {path.name!r}: use a file name ending in .png or .html")
+    if not path.parent.is_dir():
+        raise PlotError(f"cannot write {path}: folder {path.parent} does not exist")
+    if suffix == ".png":
+        matplotlib_figure(trials, budgets, statistic, title).savefig(path, dpi=120)
+    else:
+        # The whole plotly.js goes into the file, so it opens offline.
+        plotly_figure(trials, budgets, statistic, title).write_html(path, include_plotlyjs=True)
+    return path
+
+
+def _split(trials: Sequence[TrialSummary]) -> tuple[list[TrialSummary], list[TrialSummary]]:
+    measured = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_s is not None]
+    return measured, [t for t in trials if t.state == "FAILED"]
+
+
+def _methods(measured: Sequence[TrialSummary]) -> dict[str, str]:
+    names = sorted({_method(t) for t in measured}, key=lambda m: (m != "none", m))
+    return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
+
+
+def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, title: str = "") -> Figure:
+    """A matplotlib Figure: chart on top, failed-trial strip below."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
+    from matplotlib.ticker import FuncFormatter
+
+    measured, failed = _split(trials)
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    ax, strip = fig.subplots(2, 1, gridspec_kw={"height_ratios": [6, 1]})
+    colours = _methods(measured)
+    for method, colour in colours.items():
+        group = [t for t in measured if _method(t) == method]
+        ax.scatter(
+            [t.latency_s.get(statistic) for t in group],
+            [t.accuracy for t in group],
+            s=[_marker_size(t.config.branches) for t in group],
+            c=colour,
+            alpha=0.75,
+            edgecolors="white",
+            label=f"speculative: {method}",
+            zorder=3,
+        )
+    front = pareto_front(measured, statistic)
+    if front:
+        # The best accuracy reachable within a latency is a step function of that latency.
+        ax.step(
+            [t.latency_s.get(statistic) for t in front],
+            [t.accuracy for t in front],
+            where="post",
+            color="black",
+            linewidth=1.5,
+            label="Pareto frontier",
+            zorder=2,
+        )
+    chosen_per_budget = _chosen(measured, budgets, statistic)
+    for budget, _ in chosen_per_budget:
+        ax.axvline(budget, color="#555555", linestyle="--", linewidth=1, zorder=1)
+    if measured or budgets:
+        ax.set_xscale("log")  # latencies and budgets span orders of magnitude
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))  # 0.1, not 10^-1
+    lo, hi = (math.log(x) for x in ax.get_xlim()) if measured or budgets else (0.0, 1.0)
+    for i, (budget, chosen) in enumerate(chosen_per_budget):
+        x, y = (chosen.latency_s.get(statistic), chosen.accuracy) if chosen else (budget, 0.02)
+        left = (math.log(x) - lo) / (hi - lo) > 0.6  # labels of points on the right go leftwards, inside the axes
+        ax.annotate(
+            _choice_text(budget, chosen),
+            xy=(x, y),
+            xytext=(-8 if left else 8, -14 - 14 * i),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            fontsize=8,
+            arrowprops={"arrowstyle": "-", "color": "#555555"} if chosen else None,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+            zorder=4,
+        )
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_xlabel(f"{statistic} latency per problem (s)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "accuracy vs latency")
+    ax.grid(True, which="major", alpha=0.3)
+    for branches in sorted({t.config.branches for t in measured}):
+        ax.scatter([], [], s=_marker_size(branches), c="white", edgecolors="black", label=f"B={branches} branches")
+    if measured:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+
+    strip.set_yticks([])
+    strip.set_xticks([])
+    strip.set_xlim(-0.5, max(len(failed), 1) - 0.5)
+    if failed:
+        strip.scatter(range(len(failed)), [0] * len(failed), marker="x", c=FAILED_COLOUR, s=60)
+        for x, t in enumerate(failed):
+            strip.annotate(f"#{t.number}", (x, 0), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7)
+    strip.set_title(f"failed trials (no latency): {len(failed)}", fontsize=9, loc="left")
+    return fig
+
+
+def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, title: str = "") -> go.Figure:
+    """A plotly Figure: chart on top, failed-trial strip below."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    measured, failed = _split(trials)
+    fig = make_subplots(rows=2, cols=1, row_heights=[0.85, 0.15], vertical_spacing=0.08)
+    for method, colour in _methods(measured).items():
+        group = [t for t in measured if _method(t) == method]
+        fig.add_trace(
+            go.Scatter(
+                x=[t.latency_s.get(statistic) for t in group],
+                y=[t.accuracy for t in group],
+                mode="markers",
+                name=f"speculative: {method}",
+                # plotly sizes are diameters; the square root keeps area proportional as in the PNG.
+                marker={"color": colour, "size": [math.sqrt(_marker_size(t.config.branches)) * 1.3 for t in group]},
+                text=[_hover(t, statistic) for t in group],
+                hoverinfo="text",
+            ),
+            row=1,
+            col=1,
+        )
+    front = pareto_front(measured, statistic)
+    if front:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.latency_s.get(statistic) for t in front],
+                y=[t.accuracy for t in front],
+                mode="lines",
+                line={"shape": "hv", "color": "black"},
+                name="Pareto frontier",
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=1,
+        )
+    for i, (budget, chosen) in enumerate(_chosen(measured, budgets, statistic)):
+        # Shapes take data values on a log axis, annotations take log10 (plotly's convention).
+        fig.add_vline(x=budget, line={"dash": "dash", "color": "#555555", "width": 1}, row=1, col=1)
+        fig.add_annotation(
+            x=math.log10(chosen.latency_s.get(statistic) if chosen else budget),
+            y=chosen.accuracy if chosen else 0.02,
+            text=_choice_text(budget, chosen),
+            showarrow=chosen is not None,
+            ax=40,
+            ay=20 + 18 * i,
+            font={"size": 10},
+            bgcolor="rgba(255,255,255,0.8)",
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=list(range(len(failed))),
+            y=[0] * len(failed),
+            mode="markers+text",
+            marker={"symbol": "x", "color": FAILED_COLOUR, "size": 10},
+            text=[f"#{t.number}" for t in failed],
+            textposition="top center",
+            hovertext=[f"#{t.number} {t.config.label()}: {t.fail_reason}" for t in failed],
+            hoverinfo="text",
+            name=f"failed (no latency): {len(failed)}",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_xaxes(type="log", title_text=f"{statistic} latency per problem (s)", row=1, col=1)
+    fig.update_yaxes(range=[-0.02, 1.05], title_text="accuracy", row=1, col=1)
+    fig.update_xaxes(visible=False, row=2, col=1)
+    fig.update_yaxes(visible=False, row=2, col=1)
+    fig.update_layout(title=title or "accuracy vs latency", template="plotly_white", height=650)
+    return fig

@@ -1,0 +1,100 @@
+"""Small studies written straight through the Repository, with known numbers: fast tests need no engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from latts.records import Branch, ProblemResult, TrialResult, TTSConfig
+from latts.spec import parse_spec
+from latts.storage import Repository
+
+
+@dataclass(frozen=True)
+class HandTrial:
+    config: TTSConfig
+    latencies: tuple[float, ...] = ()  # one per problem
+    correct: tuple[bool, ...] = ()
+    fail_reason: str | None = None  # set: the trial is stored FAILED
+
+
+def spec_dict(name: str, model: str, **changes) -> dict:
+    spec = {
+        "study": name,
+        "hardware": "cpu-2core",
+        "model": model,
+        "benchmark": {"name": "arith", "n_problems": 4, "seed": 0},
+        "search_space": {
+            "branches": [1, 4, 8],
+            "speculative": ["none", {"method": "ngram", "num_speculative_tokens": [2, 4]}],
+            "aggregator": ["majority", "weighted_mean_logprob"],
+        },
+        "budgets_s": [0.15, 0.5, 2.0],
+        "engine": {"dtype": "float32", "max_model_len": 384, "tensor_parallel_size": 1},
+        **changes,
+    }
+    return parse_spec(spec).model_dump(mode="json")
+
+
+NGRAM4 = {"speculative_method": "ngram", "num_speculative_tokens": 4}
+
+
+def default_trials(draft: str) -> tuple[HandTrial, ...]:
+    """Known numbers (mean latency, accuracy): the frontier is #0 (0.1 s, 25%), #1 (0.3 s, 50%), #3 (1.0 s, 100%)."""
+    draft2 = {"speculative_method": "draft_model", "draft_model": draft, "num_speculative_tokens": 2}
+    return (
+        HandTrial(TTSConfig(branches=1, aggregator="majority"), (0.1, 0.1, 0.1, 0.1), (True, False, False, False)),
+        HandTrial(TTSConfig(branches=4, aggregator="majority", **NGRAM4), (0.2, 0.4, 0.3, 0.3), (True, True, False, False)),
+        HandTrial(TTSConfig(branches=4, aggregator="weighted_mean_logprob"), (0.5, 0.7, 0.6, 0.6), (True, True, False, False)),
+        HandTrial(TTSConfig(branches=8, aggregator="weighted_mean_logprob", **draft2), (0.9, 1.1, 1.0, 1.0), (True,) * 4),
+        HandTrial(TTSConfig(branches=8, aggregator="majority", **NGRAM4), fail_reason="engine out of memory"),
+    )
+
+
+def _result(trial: HandTrial) -> TrialResult:
+    problems = [
+        ProblemResult(
+            index=i,
+            problem_id=f"p{i}",
+            reference="42",
+            branches=tuple(Branch(text="= 42", answer="42" if ok else "41", n_tokens=3, token_logprobs=(-0.1, -0.2, -0.3)) for _ in range(trial.config.branches)),
+            aggregated_answer="42" if ok else "41",
+            correct=ok,
+            latency_s=latency,
+        )
+        for i, (latency, ok) in enumerate(zip(trial.latencies, trial.correct, strict=True))
+    ]
+    spec = trial.config.speculative_method is not None
+    return TrialResult(
+        problems=problems,
+        worker="w0",
+        engine_start_s=1.0,
+        warmup_s=0.1,
+        drafted_tokens=40 if spec else None,
+        accepted_tokens=20 if spec else None,
+        num_drafts=10 if spec else None,
+    )
+
+
+def model_folders(folder: Path) -> tuple[str, str]:
+    """Stand-in target and draft model folders: export only names them, nothing loads them."""
+    target, draft = folder / "target-model", folder / "draft-model"
+    target.mkdir(exist_ok=True)
+    draft.mkdir(exist_ok=True)
+    return str(target), str(draft)
+
+
+def make_study(url: str, folder: Path, name: str = "hand", trials: tuple[HandTrial, ...] | None = None, **spec_changes) -> Repository:
+    """A study in `url` with `trials` (default: default_trials), its models stand-in folders under `folder`."""
+    target, draft = model_folders(folder)
+    repo = Repository(url)
+    spec = spec_dict(name, target, **spec_changes)
+    repo.ensure_hardware(spec["hardware"], {"cpu_count": 2, "gpus": []})
+    repo.ensure_study(name, spec["hardware"], spec["model"], spec["benchmark"]["name"], spec)
+    for number, trial in enumerate(trials if trials is not None else default_trials(draft)):
+        trial_id = repo.start_trial(name, number, trial.config, worker="w0")
+        if trial.fail_reason:
+            repo.fail_trial(trial_id, trial.fail_reason)
+        else:
+            repo.finish_trial(trial_id, _result(trial))
+    return repo

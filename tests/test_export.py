@@ -1,0 +1,128 @@
+"""`latts export`: the YAML goes through the installed vLLM's own `vllm serve` parser unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from latts import export
+from latts.optimizer.frontier import best_within
+from latts.storage import Repository
+from tests.conftest import run_latts
+from tests.handmade import make_study
+
+
+@pytest.fixture(scope="module")
+def hand(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    url = f"sqlite:///{folder / 'latts.db'}"
+    repo = make_study(url, folder)
+    return url, repo, folder
+
+
+@pytest.fixture(scope="module")
+def vllm_serve_parse():
+    """Parse `vllm serve --config FILE` exactly as the `vllm` command does, without starting anything."""
+    from vllm.entrypoints.cli.serve import ServeSubcommand
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    def parse(path):
+        parser = FlexibleArgumentParser()
+        serve = ServeSubcommand()
+        serve.subparser_init(parser.add_subparsers(dest="subparser"))
+        args = parser.parse_args(["serve", "--config", str(path)])
+        serve.validate(args)
+        return args
+
+    return parse
+
+
+@pytest.mark.parametrize(
+    "budget, number, speculative",
+    [
+        (0.15, 0, None),
+        (0.5, 1, {"method": "ngram", "num_speculative_tokens": 4}),
+        (2.0, 3, {"method": "draft_model", "num_speculative_tokens": 2, "model": "DRAFT"}),
+    ],
+)
+def test_vllm_yaml_round_trips_through_vllm_serve_parser(hand, vllm_serve_parse, tmp_path, budget, number, speculative):
+    url, repo, folder = hand
+    chosen = best_within(repo.trials("hand"), budget)
+    assert chosen.number == number
+    path = tmp_path / "serve.yaml"
+    path.write_text(export.render("vllm-yaml", repo.study_spec("hand"), chosen, budget, "mean"))
+
+    args = vllm_serve_parse(path)
+    if speculative and "model" in speculative:
+        speculative["model"] = str(folder / "draft-model")
+    assert args.speculative_config == speculative
+    assert args.model == str(folder / "target-model")
+    assert (args.dtype, args.tensor_parallel_size, args.max_model_len) == ("float32", 1, 384)
+
+
+def test_export_cli_writes_yaml_and_json(hand, tmp_path):
+    url, repo, folder = hand
+    out = tmp_path / "serve.yaml"
+    proc = run_latts("export", "--study", "hand", "--budget", "2", "--format", "vllm-yaml", "-o", str(out), "--storage", url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and "trial #3" in proc.stderr
+    assert yaml.safe_load(out.read_text())["speculative-config"]["method"] == "draft_model"
+
+    proc = run_latts("export", "--study", "hand", "--budget", "0.5", "--format", "json", "--storage", url)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["request"] == {"model": str(folder / "target-model"), "n": 4, "temperature": 0.8, "top_p": 1.0, "max_tokens": 96}
+    assert (doc["trial"], doc["aggregator"], doc["verifier"]) == (1, "majority", None)
+    assert doc["speculative_config"] == {"method": "ngram", "num_speculative_tokens": 4}
+    assert doc["measured"]["accuracy"] == 0.5 and doc["measured"]["latency_s"]["mean"] == pytest.approx(0.3)
+
+    # A confidence-weighted aggregator needs the engine's token log-probabilities in the response.
+    proc = run_latts("export", "--study", "hand", "--budget", "1.5", "--format", "json", "--storage", url)
+    assert json.loads(proc.stdout)["request"]["logprobs"] == 0
+
+
+def test_export_nothing_fits_exits_3_and_writes_nothing(hand, tmp_path):
+    url, _, _ = hand
+    out = tmp_path / "serve.yaml"
+    proc = run_latts("export", "--study", "hand", "--budget", "0.05", "--format", "vllm-yaml", "-o", str(out), "--storage", url)
+    assert proc.returncode == 3
+    assert "0.05" in proc.stderr and proc.stdout == ""
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--study", "hand", "--budget", "1", "--format", "toml"], ["--format", "toml"]),
+        (["--study", "hand", "--budget", "0", "--format", "json"], ["--budget"]),
+        (["--study", "hand", "--budget", "1", "--format", "json", "--statistic", "p42"], ["--statistic"]),
+        (["--study", "nope", "--budget", "1", "--format", "json"], ["nope"]),
+        (["--study", "hand", "--budget", "1", "--format", "vllm-yaml", "-o", "serve.txt"], [".yaml"]),
+    ],
+)
+def test_export_bad_input_is_one_line_exit_2(hand, tmp_path, args, words):
+    url, _, _ = hand
+    proc = run_latts("export", *args, "--storage", url, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and all(w in line for w in words), line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.engine
+def test_export_of_tuned_study_names_local_demo_models(sqlite_study, vllm_serve_parse, tmp_path):
+    from latts import demo_models
+
+    url, _ = sqlite_study
+    trials = Repository(url).trials("e2e")
+    budget = max(t.latency_s.mean for t in trials if t.latency_s) * 2
+    out = tmp_path / "serve.yaml"
+    proc = run_latts("export", "--study", "e2e", "--budget", str(budget), "--format", "vllm-yaml", "-o", str(out), "--storage", url)
+    assert proc.returncode == 0, proc.stderr
+    args = vllm_serve_parse(out)
+    assert args.model == str(demo_models.model_path("demo:target"))  # vLLM knows no `demo:` names
+    chosen = best_within(trials, budget)
+    expected = {"method": "ngram", "num_speculative_tokens": 2} if chosen.config.speculative_method else None
+    assert args.speculative_config == expected
