@@ -54,20 +54,20 @@ def _arith_one(rng: random.Random) -> tuple[str, str, str]:
     """
     while True:
         acc = rng.randint(1, _MAX_TERM)
-        expr, steps = str(acc), []
+        expr, steps, prev = str(acc), [], "*"
         for _ in range(rng.choice((2, 3))):
             op = rng.choice("+-*")
             if op == "*":
                 v = rng.randint(2, 9)
                 r = acc * v
-                if "+" in expr or "-" in expr:
+                if prev in "+-":  # a sum so far: bracket it to keep left-to-right order
                     expr = f"({expr})"
             else:
                 v = rng.randint(1, _MAX_TERM)
                 r = acc + v if op == "+" else acc - v
             expr += f"{op}{v}"
             steps.append(f"{acc}{op}{v}={r}.")
-            acc = r
+            acc, prev = r, op
             if not 0 <= acc <= _MAX_VALUE:
                 break
         else:

@@ -28,7 +28,7 @@ VERIFIER_AGGREGATORS = ("best_of_n", "weighted_best_of_n")
 SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "mtp")
 # Methods that need a second model: the draft, or the EAGLE/MTP head.
 METHODS_WITH_MODEL = ("draft_model", "eagle", "eagle3")
-NO_SPECULATION = "none"
+NONE = "none"
 STATISTICS = ("mean", "p50", "p90", "p99")
 
 # A hub id is `org/name`; anything that looks like a filesystem path must exist.
@@ -109,22 +109,51 @@ class SpeculativeSpec(_Strict):
 
 class SearchSpace(_Strict):
     branches: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
-    speculative: list[Literal["none"] | SpeculativeSpec] = Field(default_factory=lambda: [NO_SPECULATION], min_length=1)
+    speculative: list[Literal["none"] | SpeculativeSpec] = Field(default_factory=lambda: [NONE], min_length=1)
     aggregator: list[Literal[AGGREGATORS]] = Field(default_factory=lambda: ["majority"], min_length=1)  # type: ignore[valid-type]
+    # Outcome reward models that score each branch; `none` for rules that need no verifier.
+    verifier: list[ModelName] = Field(default_factory=lambda: [NONE], min_length=1)
+    # Optional dimensions; when absent, `sampling` fixes them.
+    temperature: list[Annotated[float, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    top_p: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(default=None, min_length=1)
+
+    @field_validator("verifier")
+    @classmethod
+    def _verifiers_exist(cls, value: list[str]) -> list[str]:
+        return [v if v == NONE else check_model_name(v) for v in value]
+
+    @model_validator(mode="after")
+    def _pairable(self) -> SearchSpace:
+        has_verifier = any(v != NONE for v in self.verifier)
+        if any(a in VERIFIER_AGGREGATORS for a in self.aggregator) and not has_verifier:
+            raise ValueError("best_of_n and weighted_best_of_n need a verifier; add one, e.g. verifier: [none, demo:verifier]")
+        if has_verifier and not any(a in VERIFIER_AGGREGATORS for a in self.aggregator):
+            raise ValueError("a verifier is only used by best_of_n or weighted_best_of_n; add one to aggregator")
+        return self
 
     def choices(self) -> dict[str, list[Any]]:
         """Each search dimension and its choices, as Optuna categorical parameters."""
-        return {
+        choices: dict[str, list[Any]] = {
             "branches": sorted(set(self.branches)),
             "speculative": list(dict.fromkeys(spec_label for spec_label, _ in self._speculative_options())),
             "aggregator": list(dict.fromkeys(self.aggregator)),
+            "verifier": list(dict.fromkeys(self.verifier)),
         }
+        for name in ("temperature", "top_p"):
+            if getattr(self, name) is not None:
+                choices[name] = sorted(set(getattr(self, name)))
+        return choices
+
+    @staticmethod
+    def pairs(params: dict[str, Any]) -> bool:
+        """Verifier rules go with a verifier and the others without one: nothing is scored in vain."""
+        return (params["aggregator"] in VERIFIER_AGGREGATORS) == (params["verifier"] != NONE)
 
     def _speculative_options(self) -> list[tuple[str, dict[str, Any] | None]]:
         options: list[tuple[str, dict[str, Any] | None]] = []
         for entry in self.speculative:
-            if entry == NO_SPECULATION:
-                options.append((NO_SPECULATION, None))
+            if entry == NONE:
+                options.append((NONE, None))
                 continue
             for k in entry.num_speculative_tokens:
                 model = f":{entry.model}" if entry.model else ""
@@ -154,6 +183,11 @@ class EngineSpec(_Strict):
     enforce_eager: bool = False
 
 
+class AggregationSpec(_Strict):
+    window: int = Field(default=16, ge=1)  # weighted_min_window: sliding window, in tokens
+    tail: int = Field(default=32, ge=1)  # weighted_tail: last K tokens
+
+
 class StudySpec(_Strict):
     study: str = Field(min_length=1, pattern=r"^[\w.-]+$")
     hardware: str = Field(min_length=1, pattern=r"^[\w.-]+$")
@@ -161,6 +195,7 @@ class StudySpec(_Strict):
     benchmark: BenchmarkSpec
     sampling: SamplingSpec = SamplingSpec()
     search_space: SearchSpace
+    aggregation: AggregationSpec = AggregationSpec()
     budgets_s: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
     latency_statistic: Literal["mean", "p50", "p90", "p99"] = "mean"
     sampler: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
@@ -178,6 +213,12 @@ class StudySpec(_Strict):
     def _model_exists(cls, value: str) -> str:
         return check_model_name(value)
 
+    @model_validator(mode="after")
+    def _room_for_verifier(self) -> StudySpec:
+        if any(v != NONE for v in self.search_space.verifier) and self.workers.engines_per_worker < 2:
+            raise ValueError("workers.engines_per_worker must be at least 2 to hold a generator and a verifier")
+        return self
+
     @field_validator("budgets_s")
     @classmethod
     def _sorted_budgets(cls, value: list[float]) -> list[float]:
@@ -192,8 +233,9 @@ class StudySpec(_Strict):
             speculative_method=speculative["method"] if speculative else None,
             draft_model=speculative["model"] if speculative else None,
             num_speculative_tokens=speculative["k"] if speculative else None,
-            temperature=self.sampling.temperature,
-            top_p=self.sampling.top_p,
+            verifier=None if params["verifier"] == NONE else params["verifier"],
+            temperature=params.get("temperature", self.sampling.temperature),
+            top_p=params.get("top_p", self.sampling.top_p),
             max_tokens=self.sampling.max_tokens,
         )
 

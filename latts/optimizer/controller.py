@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from latts import benchmarks, hardware
 from latts.optimizer.frontier import best_within
 from latts.records import TrialSummary, TTSConfig
-from latts.spec import SpecError, StudySpec
+from latts.spec import SearchSpace, SpecError, StudySpec
 from latts.storage import Repository
 from latts.workers.engine import EngineKey
 
@@ -30,7 +30,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 INTERRUPTED = "interrupted: the controller stopped before this trial finished; its config was re-run"
 # Spec fields that change what a measurement means; a study cannot change them once it has trials.
-MEASUREMENT_FIELDS = ("hardware", "model", "benchmark", "sampling", "search_space", "engine", "concurrency", "seed")
+MEASUREMENT_FIELDS = (
+    "hardware", "model", "benchmark", "sampling", "search_space", "aggregation", "engine", "concurrency", "seed",
+)
 # The sampler has proposed only measured configs this many times in a row: the space is exhausted.
 MAX_REPEATS = 200
 
@@ -124,7 +126,9 @@ class Controller:
     def _enqueue_grid(self, study: optuna.Study) -> None:
         choices = self.spec.search_space.choices()
         for point in itertools.product(*choices.values()):
-            study.enqueue_trial(dict(zip(choices, point)))
+            params = dict(zip(choices, point))
+            if SearchSpace.pairs(params):
+                study.enqueue_trial(params)
 
     def _recover_interrupted(self, study: optuna.Study) -> None:
         """Trials a killed controller left running: failed in both stores, their configs queued again."""
@@ -148,6 +152,11 @@ class Controller:
         while True:
             while pool.idle and not state.exhausted and state.done + len(pending) < state.target:
                 trial = study.ask(self._distributions)
+                if not SearchSpace.pairs(trial.params):  # e.g. best_of_n without a verifier: not a config
+                    study.tell(trial, state=TrialState.PRUNED)
+                    repeats += 1
+                    state.exhausted = repeats >= MAX_REPEATS
+                    continue
                 config = spec.config_from_params(trial.params)
                 key = config_key(config)
                 if key in measured:  # measured already: answer Optuna from storage, spend nothing

@@ -29,6 +29,7 @@ class EngineKey:
     dtype: str
     tensor_parallel_size: int
     max_model_len: int | None
+    runner: str = "generate"  # "pooling" for a verifier (an outcome reward model)
 
     @classmethod
     def for_config(cls, model: str, config: TTSConfig, engine: EngineSpec) -> EngineKey:
@@ -41,6 +42,10 @@ class EngineKey:
             tensor_parallel_size=engine.tensor_parallel_size,
             max_model_len=engine.max_model_len,
         )
+
+    @classmethod
+    def for_verifier(cls, model: str, engine: EngineSpec) -> EngineKey:
+        return cls(model, None, None, None, engine.dtype, engine.tensor_parallel_size, engine.max_model_len, "pooling")
 
     def speculative_config(self) -> dict[str, Any] | None:
         """vLLM's `speculative_config`, exactly as `vllm serve` takes it."""
@@ -77,6 +82,7 @@ class Engine:
             tensor_parallel_size=key.tensor_parallel_size,
             max_model_len=key.max_model_len,
             speculative_config=speculative,
+            runner=key.runner,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enforce_eager=settings.enforce_eager,
             seed=seed,
@@ -111,6 +117,11 @@ class Engine:
             ]
             for request in requests
         ]
+
+    def score(self, prompt: str, texts: list[str]) -> list[float]:
+        """A verifier's score of each completed solution: the reward model's probability that it is right."""
+        outputs = self.llm.classify([prompt + text for text in texts], use_tqdm=False)
+        return [float(out.outputs.probs[0]) for out in outputs]
 
     def spec_counters(self) -> dict[str, int]:
         """Cumulative speculative-decoding counters of this process's engines."""

@@ -31,6 +31,12 @@ class EngineWorker:
     def detect_hardware(self) -> dict[str, Any]:
         return hardware.detect()
 
+    @staticmethod
+    def _scores(verifier, prompt: str, samples) -> list[float | None]:
+        if verifier is None:
+            return [None] * len(samples)
+        return verifier.score(prompt, [s.text for s in samples])
+
     def run_trial(self, config: TTSConfig, key: EngineKey) -> TrialResult:
         try:
             return self._run_trial(config, key)
@@ -40,10 +46,16 @@ class EngineWorker:
 
     def _run_trial(self, config: TTSConfig, key: EngineKey) -> TrialResult:
         engine, started = self.cache.get(key)
-        aggregate = tts.aggregator(config.aggregator)
+        engine_start_s = engine.start_s if started else 0.0
+        verifier = None
+        if config.verifier is not None:
+            verifier, started = self.cache.get(EngineKey.for_verifier(config.verifier, self.spec.engine))
+            engine_start_s += verifier.start_s if started else 0.0
+        aggregate = tts.aggregator(config.aggregator, self.spec.aggregation.window, self.spec.aggregation.tail)
         # Warm the request path for this branch count; recorded, never counted in problem latency.
         warm_start = time.perf_counter()
-        engine.generate([self.problems[0].prompt], config, seeds=[self.spec.seed])
+        (warm,) = engine.generate([self.problems[0].prompt], config, seeds=[self.spec.seed])
+        self._scores(verifier, self.problems[0].prompt, warm)
         warmup_s = time.perf_counter() - warm_start
         counters_before = engine.spec_counters()
 
@@ -59,8 +71,11 @@ class EngineWorker:
                 [p.prompt for p in group], config, seeds=[self.spec.seed * 1_000_003 + i for i in indices]
             )
             branches = [
-                tuple(Branch(s.text, benchmarks.extract_boxed(s.text), s.n_tokens, s.token_logprobs) for s in problem)
-                for problem in samples
+                tuple(
+                    Branch(s.text, benchmarks.extract_boxed(s.text), s.n_tokens, s.token_logprobs, score)
+                    for s, score in zip(problem_samples, self._scores(verifier, problem.prompt, problem_samples))
+                )
+                for problem, problem_samples in zip(group, samples, strict=True)
             ]
             answers = [aggregate(b) for b in branches]
             latency_s = time.perf_counter() - submitted
@@ -82,7 +97,7 @@ class EngineWorker:
         return TrialResult(
             problems=results,
             worker=self.name,
-            engine_start_s=engine.start_s if started else 0.0,
+            engine_start_s=engine_start_s,
             warmup_s=warmup_s,
             drafted_tokens=counters["drafted_tokens"] if speculative else None,
             accepted_tokens=counters["accepted_tokens"] if speculative else None,
