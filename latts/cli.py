@@ -80,7 +80,7 @@ def _print_json(document: Any) -> None:
 
 def trials_table(title: str, trials: list[TrialSummary], statistic: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("trial", "branches", "speculative", "aggregator", "accuracy (95% CI)"):
+    for column in ("trial", "branches", "speculative", "aggregator", "verifier", "accuracy (95% CI)"):
         table.add_column(column, justify="right" if column in ("trial", "branches") else "left")
     for stat in STATISTICS:
         table.add_column(f"{stat} s" + (" *" if stat == statistic else ""), justify="right")
@@ -94,6 +94,7 @@ def trials_table(title: str, trials: list[TrialSummary], statistic: str) -> Tabl
             str(c.branches),
             speculative,
             c.aggregator,
+            c.verifier or "-",
             f"{t.accuracy:.1%} ({lo:.0%}-{hi:.0%})",
             *(f"{t.latency_s.get(s):.3f}" for s in STATISTICS),
             f"{t.mean_acceptance_length:.2f}" if t.mean_acceptance_length else "-",

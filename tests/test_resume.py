@@ -89,3 +89,32 @@ def test_sigkilled_controller_resumes_without_loss_or_duplicates(tmp_path, demo_
     states = [t.state for t in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+
+
+def test_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path, demo_model_paths):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "study": "worker-death", "n_trials": 3, "search_space": {**SPEC["search_space"], "branches": [1, 2, 4]}}))
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "latts", "tune", str(spec), "--storage", url],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+
+        def running_worker_pid():
+            if not (tmp_path / "latts.db").exists() or not Repository(url).running_trials("worker-death"):
+                return None
+            ps = subprocess.run(["pgrep", "-f", "ray::EngineWorker"], capture_output=True, text=True)
+            return int(ps.stdout.split()[0]) if ps.stdout.strip() else None
+
+        os.kill(wait_for(running_worker_pid, 600, "a worker running a trial"), signal.SIGKILL)
+        _, stderr = controller.communicate(timeout=900)
+    finally:
+        if controller.poll() is None:
+            os.killpg(controller.pid, signal.SIGKILL)
+    assert controller.returncode == 0, stderr[-3000:]
+    trials = Repository(url).trials("worker-death")
+    failed = [t for t in trials if t.state == "FAILED"]
+    assert len(failed) == 1 and failed[0].fail_reason.startswith("worker died"), [t.fail_reason for t in trials]
+    assert failed[0].accuracy is None and failed[0].latency_s is None  # no made-up numbers
+    assert sum(t.state == "COMPLETE" for t in trials) == 2  # the replacement worker ran the rest
