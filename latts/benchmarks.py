@@ -38,7 +38,7 @@ class Problem:
 # (a string seed namespace), and additionally drops any prompt that occurs in
 # the first _HELD_OUT_N problems of evaluation seeds 0.._HELD_OUT_SEEDS-1.
 _HELD_OUT_SEEDS = 10
-_HELD_OUT_N = 256
+_HELD_OUT_N = 1000
 _MAX_TERM = 9  # largest operand of + and -
 _MAX_VALUE = 30  # every intermediate value and the answer lie in 0.._MAX_VALUE
 
