@@ -152,15 +152,15 @@ class Controller:
         while True:
             while pool.idle and not state.exhausted and state.done + len(pending) < state.target:
                 trial = study.ask(self._distributions)
-                if not SearchSpace.pairs(trial.params):  # e.g. best_of_n without a verifier: not a config
-                    study.tell(trial, state=TrialState.PRUNED)
-                    repeats += 1
-                    state.exhausted = repeats >= MAX_REPEATS
-                    continue
-                config = spec.config_from_params(trial.params)
-                key = config_key(config)
-                if key in measured:  # measured already: answer Optuna from storage, spend nothing
-                    self._tell(study, trial, measured[key])
+                config = spec.config_from_params(trial.params) if SearchSpace.pairs(trial.params) else None
+                key = config_key(config) if config else None
+                if config is None or key in measured:
+                    # Not a config (best_of_n without a verifier), or measured already: answer
+                    # Optuna without spending a measurement; many in a row mean the space is spent.
+                    if config is None:
+                        study.tell(trial, state=TrialState.PRUNED)
+                    else:
+                        self._tell(study, trial, measured[key])
                     repeats += 1
                     state.exhausted = repeats >= MAX_REPEATS
                     continue
