@@ -25,7 +25,7 @@ def test_ensure_trains_once_under_concurrency(tmp_path, monkeypatch):
     logs, results = [], []
 
     def worker():
-        results.append(ensure_demo_models(log=logs.append))
+        results.append(ensure_demo_models(["demo:target", "demo:draft"], log=logs.append))
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     [t.start() for t in threads]
