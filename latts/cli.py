@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from latts.records import TrialSummary
@@ -122,7 +123,7 @@ def _progress_view(state, spec) -> Group:
     remaining = (state.target - state.done) * elapsed / finished_here if finished_here else None
     filled = int(30 * state.done / max(state.target, 1))
     line = (
-        f"[bold]{spec.study}[/] [{'#' * filled}{'.' * (30 - filled)}] "
+        f"[bold]{escape(spec.study)}[/] \\[{'#' * filled}{'.' * (30 - filled)}] "
         f"{state.done}/{state.target} done  {state.failed} failed  {state.in_flight} in flight  "
         f"elapsed {elapsed:.0f}s  remaining {'~%.0fs' % remaining if remaining is not None else '?'}"
     )
@@ -153,6 +154,8 @@ def tune(
     controller = Controller(spec, repo, url, n_trials)
     with Live(console=err, refresh_per_second=4, transient=False) as live:
         state = controller.run(ray_address, on_update=lambda s: live.update(_progress_view(s, spec)))
+    if not err.is_terminal:  # rich ends its last frame without a newline when it cannot redraw
+        err.line()
     if state.exhausted:
         err.print(f"the search space holds fewer distinct configs than {state.target}; stopped after {state.done}")
     trials = repo.trials(spec.study)

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEMO_MODELS = ("demo:target", "demo:draft", "demo:verifier")
+# Trained together on first use of either: one single-threaded process each, side by side.
+_GENERATORS = ("demo:target", "demo:draft")
 # The verifier starts from the trained target (latts.demo_verifier), so it trains after it.
 _NEEDS = {"demo:verifier": "demo:target"}
 
@@ -95,7 +97,8 @@ def resolve_model(name: str) -> str:
     """A local folder for a demo model (trained first if missing); other names unchanged.
 
     Training the target or the draft trains both at once: in parallel that
-    costs no extra wall time, and the other one is usually wanted next.
+    costs no extra wall time on two cores, and the other one is often wanted
+    next. The verifier trains only when asked for (it must follow the target).
     Progress goes to stderr (stdout may be a --json document).
     """
     if not is_demo_model(name):
@@ -105,8 +108,8 @@ def resolve_model(name: str) -> str:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
-    if name in DEMO_MODELS:
-        ensure_demo_models(DEMO_MODELS, log)
+    if name in _GENERATORS:
+        ensure_demo_models(_GENERATORS, log)
     return str(ensure_demo_models([name], log)[name])
 
 
