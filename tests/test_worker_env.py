@@ -1,0 +1,42 @@
+"""Which cores each worker's engine may use, and that the shipped example specs stay valid."""
+
+from pathlib import Path
+
+import pytest
+
+from latts.spec import load_spec, parse_spec
+from latts.workers.pool import worker_env
+from tests.conftest import SMALL_STUDY
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+
+
+def _binds(monkeypatch, cores, count, gpus_per_worker=0):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(cores))
+    spec = parse_spec({**SMALL_STUDY, "workers": {"count": count, "gpus_per_worker": gpus_per_worker}})
+    return [worker_env(spec, i).get("VLLM_CPU_OMP_THREADS_BIND") for i in range(count)]
+
+
+def test_one_worker_leaves_a_core_to_the_engine_scheduler(monkeypatch):
+    assert _binds(monkeypatch, [0, 1], 1) == ["1"]
+    assert _binds(monkeypatch, range(8), 1) == ["1,2,3,4,5,6,7"]
+
+
+def test_workers_get_disjoint_slices(monkeypatch):
+    assert _binds(monkeypatch, [0, 1], 2) == ["0", "1"]
+    assert _binds(monkeypatch, range(8), 2) == ["1,2,3", "5,6,7"]
+
+
+def test_no_binding_when_cores_are_short_or_on_gpus(monkeypatch):
+    assert _binds(monkeypatch, [0, 1], 3) == [None, None, None]
+    assert _binds(monkeypatch, range(8), 2, gpus_per_worker=1) == [None, None]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_specs_load(path):
+    spec = load_spec(path)
+    assert spec.n_trials >= 1 and spec.search_space.choices()
+
+
+def test_examples_exist():
+    assert {p.name for p in EXAMPLES} >= {"quickstart.yaml", "speculative.yaml"}
