@@ -35,6 +35,7 @@ def test_ensure_trains_once_under_concurrency(tmp_path, monkeypatch):
     root = tmp_path / "demo-models" / demo_models.VERSION
     assert sorted(p.name for p in root.iterdir() if p.name != ".lock") == ["draft", "target"]  # no temp leftovers
     assert resolve_model("demo:draft") == str(root / "draft")
+    assert not (root / "verifier").exists()  # trained only when a spec asks for it: it costs the demo ~1.5 min
 
 
 def test_names():
