@@ -79,6 +79,11 @@ def _print_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
+def _seconds(value: float) -> str:
+    # Four significant digits: demo latencies are hundredths of a second, and budgets compare exactly.
+    return f"{value:.4g}"
+
+
 def trials_table(title: str, trials: list[TrialSummary], statistic: str) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("trial", "branches", "speculative", "aggregator", "verifier", "accuracy (95% CI)"):
@@ -97,7 +102,7 @@ def trials_table(title: str, trials: list[TrialSummary], statistic: str) -> Tabl
             c.aggregator,
             c.verifier or "-",
             f"{t.accuracy:.1%} ({lo:.0%}-{hi:.0%})",
-            *(f"{t.latency_s.get(s):.3f}" for s in STATISTICS),
+            *(_seconds(t.latency_s.get(s)) for s in STATISTICS),
             f"{t.mean_acceptance_length:.2f}" if t.mean_acceptance_length else "-",
         )
     return table
@@ -112,7 +117,7 @@ def best_table(bests: dict[float, TrialSummary | None], statistic: str) -> Table
             table.add_row(f"{budget:g}", "-", "nothing fits", "-", "-")
         else:
             table.add_row(
-                f"{budget:g}", f"{t.study}#{t.number}", t.config.label(), f"{t.accuracy:.1%}", f"{t.latency_s.get(statistic):.3f}"
+                f"{budget:g}", f"{t.study}#{t.number}", t.config.label(), f"{t.accuracy:.1%}", _seconds(t.latency_s.get(statistic))
             )
     return table
 
