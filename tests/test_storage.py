@@ -7,6 +7,8 @@ and a fresh schema per test, so reruns and parallel CI jobs never collide.
 import multiprocessing
 import os
 import secrets
+import sqlite3
+import threading
 
 import numpy as np
 import psycopg
@@ -189,6 +191,23 @@ def _write_trials(url: str, first_number: int, count: int, barrier) -> None:
         result = make_result([0.01 * (i + 1) for i in range(8)], [i % 2 == 0 for i in range(8)], worker=worker)
         repo.finish_trial(trial_id, result)
     repo.close()
+
+
+def test_opens_a_fresh_sqlite_file_another_writer_holds(tmp_path):
+    """A second process opening the database while the first creates it waits instead of failing."""
+    path = tmp_path / "latts.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as another Repository creating its tables holds it
+    holder.execute("CREATE TABLE other_writer (x INTEGER)")
+    release = threading.Timer(0.5, holder.execute, ["COMMIT"])
+    release.start()
+    repo = Repository(f"sqlite:///{path}")
+    release.join()
+    assert repo.studies() == []
+    repo.close()
+    holder.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_concurrent_writers(url):

@@ -8,6 +8,8 @@ as StorageError with a one-line message that names the problem and the fix.
 from __future__ import annotations
 
 import math
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -56,7 +58,17 @@ def _first_line(err: BaseException) -> str:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside a writer; foreign keys make the problem rows' cascade real.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        # Switching a fresh database to WAL answers "locked" at once, without SQLite's busy
+        # handler, while another process holds its write lock (two writers opening it together).
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
