@@ -154,23 +154,22 @@ class Controller:
                 trial = study.ask(self._distributions)
                 config = spec.config_from_params(trial.params) if SearchSpace.pairs(trial.params) else None
                 key = config_key(config) if config else None
-                if config is None or key in measured:
-                    # Not a config (best_of_n without a verifier), or measured already: answer
-                    # Optuna without spending a measurement; many in a row mean the space is spent.
-                    if config is None:
-                        study.tell(trial, state=TrialState.PRUNED)
-                    else:
-                        self._tell(study, trial, measured[key])
-                    repeats += 1
-                    state.exhausted = repeats >= MAX_REPEATS
-                    continue
-                if any(config_key(c) == key for _, c in pending.values()):
+                if config is None:  # e.g. best_of_n without a verifier: not a config
+                    study.tell(trial, state=TrialState.PRUNED)
+                elif key in measured:  # measured already: answer Optuna from storage
+                    self._tell(study, trial, measured[key])
+                elif any(config_key(c) == key for _, c in pending.values()):
                     waiting.setdefault(key, []).append(trial)
                     continue
-                repeats = 0
-                trial_id = self.repo.start_trial(spec.study, trial.number, config)
-                pool.submit(trial_id, config, EngineKey.for_config(spec.model, config, spec.engine))
-                pending[trial_id] = (trial, config)
+                else:
+                    repeats = 0
+                    trial_id = self.repo.start_trial(spec.study, trial.number, config)
+                    pool.submit(trial_id, config, EngineKey.for_config(spec.model, config, spec.engine))
+                    pending[trial_id] = (trial, config)
+                    continue
+                # Answered without spending a measurement; many in a row mean the space is spent.
+                repeats += 1
+                state.exhausted = repeats >= MAX_REPEATS
             state.in_flight = len(pending)
             on_update(state)
             if not pending:
