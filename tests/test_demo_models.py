@@ -2,7 +2,6 @@ import collections
 import gc
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -10,6 +9,7 @@ from latts import demo_models
 from latts.benchmarks import arith_problems, extract_boxed, grade
 from latts.demo_models import _Recipe, ensure_demo_models, is_demo_model, resolve_model, train_model
 from latts.spec import load_spec
+from tests.conftest import REPO_ROOT
 
 # A few seconds of training: enough to exercise every line of the recipe.
 TINY = _Recipe(hidden=64, layers=1, heads=2, intermediate=64, steps=6, batch=4)
@@ -95,7 +95,7 @@ def test_test_time_scaling_is_visible(vllm_target):
     """Majority@8 beats a single branch by >= 10 points on the quickstart problems."""
     from vllm import SamplingParams
 
-    quickstart = load_spec(Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml").benchmark
+    quickstart = load_spec(REPO_ROOT / "examples" / "quickstart.yaml").benchmark
     problems = arith_problems(quickstart.n_problems, seed=quickstart.seed)
     prompts = [p.prompt for p in problems]
     greedy = vllm_target.generate(prompts, SamplingParams(temperature=0, max_tokens=96), use_tqdm=False)

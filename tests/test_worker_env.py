@@ -1,14 +1,12 @@
 """Which cores each worker's engine may use, and that the shipped example specs stay valid."""
 
-from pathlib import Path
-
 import pytest
 
 from latts.spec import load_spec, parse_spec
 from latts.workers.pool import worker_env
-from tests.conftest import SMALL_STUDY
+from tests.conftest import REPO_ROOT, SMALL_STUDY
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 
 
 def _binds(monkeypatch, cores, count, gpus_per_worker=0):
