@@ -43,7 +43,7 @@ def pg_schema_url(database: str) -> str:
 @pytest.fixture(scope="session")
 def demo_model_paths() -> dict[str, Path]:
     """Trained once per machine (cached in the user's cache folder), then instant."""
-    from latts import demo_models
+    from latts.demo import models as demo_models
 
     return demo_models.ensure_demo_models()
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from latts.records import Branch, ProblemResult, TrialResult, TTSConfig
-from latts.spec import parse_spec
+from latts.core.records import Branch, ProblemResult, TrialResult, TTSConfig
+from latts.core.spec import SamplingSpec, parse_spec
 from latts.storage import Repository
+
+
+def config(branches: int, aggregator: str = "majority", **changes) -> TTSConfig:
+    """A config with the spec's default sampling settings."""
+    return TTSConfig(branches=branches, aggregator=aggregator, **SamplingSpec().model_dump(), **changes)
 
 
 @dataclass(frozen=True)
@@ -43,11 +48,11 @@ def default_trials(draft: str) -> tuple[HandTrial, ...]:
     """Known numbers (mean latency, accuracy): the frontier is #0 (0.1 s, 25%), #1 (0.3 s, 50%), #3 (1.0 s, 100%)."""
     draft2 = {"speculative_method": "draft_model", "draft_model": draft, "num_speculative_tokens": 2}
     return (
-        HandTrial(TTSConfig(branches=1, aggregator="majority"), (0.1, 0.1, 0.1, 0.1), (True, False, False, False)),
-        HandTrial(TTSConfig(branches=4, aggregator="majority", **NGRAM4), (0.2, 0.4, 0.3, 0.3), (True, True, False, False)),
-        HandTrial(TTSConfig(branches=4, aggregator="weighted_mean_logprob"), (0.5, 0.7, 0.6, 0.6), (True, True, False, False)),
-        HandTrial(TTSConfig(branches=8, aggregator="weighted_mean_logprob", **draft2), (0.9, 1.1, 1.0, 1.0), (True,) * 4),
-        HandTrial(TTSConfig(branches=8, aggregator="majority", **NGRAM4), fail_reason="engine out of memory"),
+        HandTrial(config(1, "majority"), (0.1, 0.1, 0.1, 0.1), (True, False, False, False)),
+        HandTrial(config(4, "majority", **NGRAM4), (0.2, 0.4, 0.3, 0.3), (True, True, False, False)),
+        HandTrial(config(4, "weighted_mean_logprob"), (0.5, 0.7, 0.6, 0.6), (True, True, False, False)),
+        HandTrial(config(8, "weighted_mean_logprob", **draft2), (0.9, 1.1, 1.0, 1.0), (True,) * 4),
+        HandTrial(config(8, "majority", **NGRAM4), fail_reason="engine out of memory"),
     )
 
 
@@ -91,10 +96,15 @@ def make_study(url: str, folder: Path, name: str = "hand", trials: tuple[HandTri
     spec = spec_dict(name, target, **spec_changes)
     repo.ensure_hardware(spec["hardware"], {"cpu_count": 2, "gpus": []})
     repo.ensure_study(name, spec["hardware"], spec["model"], spec["benchmark"]["name"], spec)
-    for number, trial in enumerate(trials if trials is not None else default_trials(draft)):
-        trial_id = repo.start_trial(name, number, trial.config, worker="w0")
+    store_trials(repo, name, trials if trials is not None else default_trials(draft))
+    return repo
+
+
+def store_trials(repo: Repository, study: str, trials: tuple[HandTrial, ...]) -> None:
+    """Trials 0, 1, ... of an existing study, as a worker would have measured them."""
+    for number, trial in enumerate(trials):
+        trial_id = repo.start_trial(study, number, trial.config, worker="w0")
         if trial.fail_reason:
             repo.fail_trial(trial_id, trial.fail_reason)
         else:
             repo.finish_trial(trial_id, _result(trial))
-    return repo

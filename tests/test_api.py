@@ -12,16 +12,16 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from importlib import metadata
 
 import httpx
 import psycopg
 import pytest
 import uvicorn
 
-from latts.api import create_app
-from latts.records import TTSConfig
+from latts.reporting.api import create_app
 from tests.conftest import PG_SERVER, pg_schema_url, run_latts
-from tests.handmade import HandTrial, make_study
+from tests.handmade import HandTrial, config, make_study
 
 
 @contextmanager
@@ -48,7 +48,7 @@ def hand(tmp_path_factory):
     url = f"sqlite:///{folder / 'latts.db'}"
     repo = make_study(url, folder)
     # A second study on the same hardware, model and benchmark, with one faster and better trial.
-    better = HandTrial(TTSConfig(branches=2, aggregator="majority"), (0.2, 0.2, 0.2, 0.2), (True, True, True, False))
+    better = HandTrial(config(2), (0.2, 0.2, 0.2, 0.2), (True, True, True, False))
     make_study(url, folder, name="hand2", trials=(better,))
     with serving(url) as base, httpx.Client(base_url=base, timeout=30) as client:
         yield url, repo, client
@@ -144,10 +144,33 @@ def test_unknown_study_is_404(hand, path):
 def test_openapi_schema(hand):
     _, _, client = hand
     schema = client.get("/openapi.json").json()
+    assert schema["info"]["version"] == metadata.version("latts")
     assert {"/healthz", "/v1/studies", "/v1/frontier", "/v1/best"} <= set(schema["paths"])
     params = {p["name"]: p for p in schema["paths"]["/v1/best"]["get"]["parameters"]}
     assert params["budget_s"]["required"] and params["budget_s"]["schema"]["exclusiveMinimum"] == 0
     assert set(params) == {"budget_s", "study", "hardware", "model", "benchmark", "statistic"}
+    # Every answer is documented: a named schema for each success, and for the no-fit 404 of /v1/best.
+    answers = {path: ops["get"]["responses"]["200"]["content"]["application/json"]["schema"] for path, ops in schema["paths"].items()}
+    assert answers == {
+        "/healthz": {"$ref": "#/components/schemas/Health"},
+        "/v1/studies": {"$ref": "#/components/schemas/StudiesDocument"},
+        "/v1/frontier": {"$ref": "#/components/schemas/FrontierDocument"},
+        "/v1/best": {"$ref": "#/components/schemas/BestDocument"},
+    }
+    no_fit = schema["paths"]["/v1/best"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+    assert no_fit == {"$ref": "#/components/schemas/NoFitDocument"}
+    trial = schema["components"]["schemas"]["TrialSummary"]["properties"]
+    assert {"accuracy", "accuracy_ci", "latency_s", "config", "state", "mean_acceptance_length"} <= set(trial)
+
+
+@pytest.mark.parametrize("statistic, number", [("mean", 1), ("p90", 0)])
+def test_best_cli_applies_the_statistic(hand, statistic, number):
+    # Trial #1: mean latency 0.3 s but p90 0.37 s, so within 0.33 s it is the answer by mean only.
+    url, _, _ = hand
+    proc = run_latts("best", "--study", "hand", "--budget", "0.33", "--statistic", statistic, "--json", "--storage", url)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert (doc["statistic"], doc["best"]["number"]) == (statistic, number)
 
 
 def test_closed_database_port_is_503():

@@ -77,7 +77,7 @@ def existing_db(tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("db") / "latts.db"
     repo = Repository(f"sqlite:///{db}")
     repo.ensure_hardware("cpu-2core", {"cpu_count": 2, "gpus": []})
-    from latts.spec import parse_spec
+    from latts.core.spec import parse_spec
 
     repo.ensure_study("bad-input", "cpu-2core", "demo:target", "arith", parse_spec(GOOD).model_dump(mode="json"))
     return db

@@ -1,18 +1,19 @@
-import collections
 import gc
 import os
 import threading
 
 import pytest
 
-from latts import demo_models
-from latts.benchmarks import arith_problems, extract_boxed, grade
-from latts.demo_models import _Recipe, ensure_demo_models, is_demo_model, resolve_model, train_model
-from latts.spec import load_spec
+from latts.aggregation import aggregate
+from latts.core.records import Branch
+from latts.core.spec import load_spec
+from latts.demo import models as demo_models
+from latts.demo.models import Recipe, ensure_demo_models, is_demo_model, resolve_model, train_model
+from latts.problems import arith_problems, extract_boxed, grade
 from tests.conftest import REPO_ROOT
 
 # A few seconds of training: enough to exercise every line of the recipe.
-TINY = _Recipe(hidden=64, layers=1, heads=2, intermediate=64, steps=6, batch=4)
+TINY = Recipe(hidden=64, layers=1, heads=2, intermediate=64, steps=6, batch=4)
 
 
 def test_training_is_deterministic(tmp_path):
@@ -23,7 +24,7 @@ def test_training_is_deterministic(tmp_path):
 
 def test_ensure_trains_once_under_concurrency(tmp_path, monkeypatch):
     monkeypatch.setenv("LATTS_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(demo_models, "_RECIPES", {"target": TINY, "draft": TINY})
+    monkeypatch.setattr(demo_models, "RECIPES", {"target": TINY, "draft": TINY})
     logs, results = [], []
 
     def worker():
@@ -70,15 +71,6 @@ def test_demo_models_load_and_share_a_vocabulary(demo_paths):
     assert sum(t in tok.convert_tokens_to_ids(list("0123456789")) for t in ids) == 3  # one token per digit
 
 
-def _majority(answers):
-    """Most common non-None answer, ties broken by first occurrence."""
-    counts = collections.Counter(a for a in answers if a is not None)
-    if not counts:
-        return None
-    top = max(counts.values())
-    return next(a for a in answers if a is not None and counts[a] == top)
-
-
 @pytest.fixture(scope="session")
 def vllm_target(demo_paths):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -111,9 +103,9 @@ def test_test_time_scaling_is_visible(vllm_target):
         )
         single = majority = 0.0
         for o, p in zip(outs, problems):
-            answers = [extract_boxed(c.text) for c in o.outputs]
-            single += sum(grade(a, p.answer) for a in answers) / len(answers)
-            majority += grade(_majority(answers), p.answer)
+            branches = [Branch(c.text, extract_boxed(c.text), len(c.token_ids), ()) for c in o.outputs]
+            single += sum(grade(b.answer, p.answer) for b in branches) / len(branches)
+            majority += grade(aggregate("majority", branches), p.answer)
         gains.append(100 * (majority - single) / len(problems))
         assert 0.25 <= single / len(problems) <= 0.75  # good but noisy
     assert sum(gains) / len(gains) >= 10, gains

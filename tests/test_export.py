@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
 
-from latts import export
+from latts.demo import models as demo_models
 from latts.optimizer.frontier import best_within
+from latts.reporting import export
 from latts.storage import Repository
 from tests.conftest import run_latts
-from tests.handmade import make_study
+from tests.handmade import HandTrial, config, make_study, spec_dict, store_trials
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,6 @@ def test_export_bad_input_is_one_line_exit_2(hand, tmp_path, args, words):
 
 @pytest.mark.engine
 def test_export_of_tuned_study_names_local_demo_models(sqlite_study, vllm_serve_parse, tmp_path):
-    from latts import demo_models
 
     url, _ = sqlite_study
     trials = Repository(url).trials("e2e")
@@ -126,3 +127,23 @@ def test_export_of_tuned_study_names_local_demo_models(sqlite_study, vllm_serve_
     chosen = best_within(trials, budget)
     expected = {"method": "ngram", "num_speculative_tokens": 2} if chosen.config.speculative_method else None
     assert args.speculative_config == expected
+
+
+def test_export_names_demo_models_without_training_them(tmp_path):
+    """An export only reads: a study on demo:target exports from a machine whose cache is empty."""
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    repo = Repository(url)
+    spec = spec_dict("demo", "demo:target")
+    repo.ensure_hardware("cpu-2core", {"cpu_count": 2, "gpus": []})
+    repo.ensure_study("demo", "cpu-2core", "demo:target", "arith", spec)
+    trial = HandTrial(config(2, speculative_method="draft_model", draft_model="demo:draft", num_speculative_tokens=2), (0.1,), (True,))
+    store_trials(repo, "demo", (trial,))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "LATTS_CACHE_DIR": str(cache)}
+    proc = run_latts("export", "--study", "demo", "--budget", "1", "--format", "vllm-yaml", "--storage", url, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    root = cache / "demo-models" / demo_models.VERSION
+    served = yaml.safe_load(proc.stdout)
+    assert served["model"] == str(root / "target")
+    assert served["speculative-config"]["model"] == str(root / "draft")
+    assert not cache.exists() or not any(root.glob("*/model.safetensors"))  # nothing trained

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from latts.core.records import LatencyStats, TrialSummary
 from latts.optimizer.frontier import best_within, pareto_front
-from latts.records import LatencyStats, TrialSummary, TTSConfig
+from tests.handmade import config
 
 
 def trial(number, accuracy, mean, p90=None, state="COMPLETE"):
@@ -11,7 +12,7 @@ def trial(number, accuracy, mean, p90=None, state="COMPLETE"):
         id=number,
         study="s",
         number=number,
-        config=TTSConfig(branches=number + 1, aggregator="majority"),
+        config=config(number + 1),
         state=state,
         hardware="cpu-2core",
         accuracy=accuracy if state == "COMPLETE" else None,

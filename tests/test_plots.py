@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from matplotlib.collections import PathCollection
 
-from latts.plots import PlotError, matplotlib_figure, plot_study, plotly_figure
+from latts.reporting.plots import PlotError, matplotlib_figure, plot_study, plotly_figure
 from tests.conftest import run_latts
 from tests.handmade import make_study
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from latts.benchmarks import BenchmarkError, extract_boxed, grade, load_jsonl, load_problems
-from latts.spec import BenchmarkSpec
+from latts.core.spec import BenchmarkSpec
+from latts.problems import ProblemSetError, extract_boxed, grade, load_jsonl, load_problems
 from tests.conftest import SHARED_DATA
 
 MATH500 = SHARED_DATA / "math500.jsonl"
@@ -63,7 +63,7 @@ def test_field_mapping_for_any_jsonl(tmp_path):
 def test_bad_jsonl_is_one_clear_error(tmp_path, lines, words):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines))
-    with pytest.raises(BenchmarkError) as info:
+    with pytest.raises(ProblemSetError) as info:
         load_jsonl(str(path), "jsonl")
     message = str(info.value)
     assert "\n" not in message and all(w in message for w in words), message
@@ -72,19 +72,5 @@ def test_bad_jsonl_is_one_clear_error(tmp_path, lines, words):
 def test_gsm8k_without_hashes_is_refused(tmp_path):
     path = tmp_path / "g.jsonl"
     path.write_text(json.dumps({"problem": "x", "answer": "7"}) + "\n")
-    with pytest.raises(BenchmarkError, match="####"):
+    with pytest.raises(ProblemSetError, match="####"):
         load_jsonl(str(path), "gsm8k")
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-        ("first \\boxed{3} then \\boxed{4}", "4"),
-        ("\\boxed{\\sqrt{\\{2\\}}}", "\\sqrt{\\{2\\}}"),
-        ("no box here", None),
-        ("cut off \\boxed{12", None),
-    ],
-)
-def test_boxed_extraction(text, expected):
-    assert extract_boxed(text) == expected

@@ -6,7 +6,6 @@ and a fresh schema per test, so reruns and parallel CI jobs never collide.
 
 import multiprocessing
 import os
-import secrets
 import sqlite3
 import threading
 
@@ -14,12 +13,13 @@ import numpy as np
 import psycopg
 import pytest
 
-from latts.records import Branch, ProblemResult, TrialResult, TTSConfig
-from latts.stats import wilson_interval
+from latts.core.records import Branch, ProblemResult, TrialResult
+from latts.core.statistics import wilson_interval
 from latts.storage import Repository, StorageError
 from tests.conftest import PG_SERVER, pg_schema_url
+from tests.handmade import config
 
-CONFIG = TTSConfig(branches=4, aggregator="majority", speculative_method="ngram", num_speculative_tokens=4)
+CONFIG = config(4, speculative_method="ngram", num_speculative_tokens=4)
 SPEC = {"study": "s1", "budgets_s": [0.5, 1.0], "search_space": {"branches": [1, 2, 4]}}
 
 
@@ -106,6 +106,16 @@ def test_fail_trial_records_reason_and_no_numbers(repo):
         repo.fail_trial(trial_id, "again")
     with pytest.raises(StorageError, match="does not exist"):
         repo.fail_trial(trial_id + 1000, "no such trial")
+    with pytest.raises(StorageError, match="does not exist"):
+        repo.trial(trial_id + 1000)
+
+
+def test_a_resumed_study_keeps_its_newest_spec(repo):
+    """plot and export read the stored spec: a resume with new budgets must not leave the old ones there."""
+    setup_study(repo)
+    resumed = {**SPEC, "budgets_s": [0.25, 3.0], "latency_statistic": "p90"}
+    repo.ensure_study("s1", "cpu-2core", "demo:target", "arith", resumed)
+    assert repo.study_spec("s1") == resumed
 
 
 def test_finish_trial_is_all_or_nothing(repo):

@@ -17,22 +17,18 @@ from dataclasses import dataclass, field
 
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState
+from optuna.trial import TrialState as OptunaState
 
-from latts import benchmarks, hardware
+from latts.core.records import TrialState, TrialSummary, TTSConfig
+from latts.core.spec import SearchSpace, SpecError, StudySpec
 from latts.optimizer.frontier import best_within
-from latts.records import TrialSummary, TTSConfig
-from latts.spec import SearchSpace, SpecError, StudySpec
+from latts.problems import load_problems
 from latts.storage import Repository
-from latts.workers.engine import EngineKey
+from latts.workers import hardware
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 INTERRUPTED = "interrupted: the controller stopped before this trial finished; its config was re-run"
-# Spec fields that change what a measurement means; a study cannot change them once it has trials.
-MEASUREMENT_FIELDS = (
-    "hardware", "model", "benchmark", "sampling", "search_space", "aggregation", "engine", "concurrency", "seed",
-)
 # The sampler has proposed only measured configs this many times in a row: the space is exhausted.
 MAX_REPEATS = 200
 
@@ -65,18 +61,6 @@ def config_key(config: TTSConfig) -> str:
     return json.dumps(config.to_dict(), sort_keys=True)
 
 
-def check_resumable(spec: StudySpec, stored: dict | None) -> None:
-    if stored is None:
-        return
-    current = spec.model_dump(mode="json")
-    for name in MEASUREMENT_FIELDS:
-        if stored.get(name) != current.get(name):
-            raise SpecError(
-                f"study '{spec.study}' already exists with a different {name}; "
-                f"keep its spec or pick a new `study:` name"
-            )
-
-
 def _statistic(spec: StudySpec, summary: TrialSummary) -> float:
     return summary.latency_s.get(spec.latency_statistic)
 
@@ -91,8 +75,8 @@ class Controller:
 
     def run(self, ray_address: str | None, on_update: Callable[[TuneState], None] = lambda _: None) -> TuneState:
         spec = self.spec
-        check_resumable(spec, self.repo.study_spec(spec.study))
-        problems = benchmarks.load_problems(spec.benchmark)
+        spec.check_resumable(self.repo.study_spec(spec.study))
+        problems = load_problems(spec.benchmark)
         _init_ray(ray_address, spec)
         from latts.workers.pool import WorkerPool
 
@@ -134,16 +118,16 @@ class Controller:
         """Trials a killed controller left running: failed in both stores, their configs queued again."""
         for trial in self.repo.running_trials(self.spec.study):
             self.repo.fail_trial(trial.id, INTERRUPTED)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(trial.number, state=TrialState.FAIL)
+        for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+            study.tell(trial.number, state=OptunaState.FAIL)
             study.enqueue_trial(trial.params, skip_if_exists=False)
 
     def _loop(self, study: optuna.Study, pool, on_update: Callable[[TuneState], None]) -> None:
         spec, state = self.spec, self.state
-        finished = [t for t in self.repo.trials(spec.study) if t.fail_reason != INTERRUPTED and t.state != "RUNNING"]
+        finished = [t for t in self.repo.trials(spec.study) if t.fail_reason != INTERRUPTED and t.state != TrialState.RUNNING]
         measured = {config_key(t.config): t for t in finished}
         state.done = state.initial_done = len(finished)
-        state.failed = sum(t.state == "FAILED" for t in finished)
+        state.failed = sum(t.state == TrialState.FAILED for t in finished)
         self._update_best(finished)
         pending: dict[int, tuple[optuna.Trial, TTSConfig]] = {}
         waiting: dict[str, list[optuna.Trial]] = {}  # asked again while the same config is in flight
@@ -155,7 +139,7 @@ class Controller:
                 config = spec.config_from_params(trial.params) if SearchSpace.pairs(trial.params) else None
                 key = config_key(config) if config else None
                 if config is None:  # e.g. best_of_n without a verifier: not a config
-                    study.tell(trial, state=TrialState.PRUNED)
+                    study.tell(trial, state=OptunaState.PRUNED)
                 elif key in measured:  # measured already: answer Optuna from storage
                     self._tell(study, trial, measured[key])
                 elif any(config_key(c) == key for _, c in pending.values()):
@@ -164,7 +148,7 @@ class Controller:
                 else:
                     repeats = 0
                     trial_id = self.repo.start_trial(spec.study, trial.number, config)
-                    pool.submit(trial_id, config, EngineKey.for_config(spec.model, config, spec.engine))
+                    pool.submit(trial_id, config, spec.engine.key_for(spec.model, config))
                     pending[trial_id] = (trial, config)
                     continue
                 # Answered without spending a measurement; many in a row mean the space is spent.
@@ -189,8 +173,8 @@ class Controller:
                 self._update_best([summary])
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, summary: TrialSummary) -> None:
-        if summary.state != "COMPLETE":
-            study.tell(trial, state=TrialState.FAIL)
+        if summary.state != TrialState.COMPLETE:
+            study.tell(trial, state=OptunaState.FAIL)
             return
         latency = _statistic(self.spec, summary)
         # Feasible iff within the largest budget (Optuna: constraint values <= 0 are satisfied).

@@ -4,32 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from latts.records import TrialSummary
+from latts.core.records import LatencyStatistic, TrialState, TrialSummary
 
 
-def _measured(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
-    return [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_s is not None]
+def completed(trials: Sequence[TrialSummary]) -> list[TrialSummary]:
+    """The trials with both numbers: completed ones."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.accuracy is not None and t.latency_s is not None]
 
 
-def _order(statistic: str):
+def _order(statistic: LatencyStatistic):
     # Faster first, then more accurate, then older: a total order, so answers are reproducible.
     return lambda t: (t.latency_s.get(statistic), -t.accuracy, t.study, t.number)
 
 
-def pareto_front(trials: Sequence[TrialSummary], statistic: str = "mean") -> list[TrialSummary]:
+def pareto_front(trials: Sequence[TrialSummary], statistic: LatencyStatistic = "mean") -> list[TrialSummary]:
     """Completed trials that no other trial beats on both accuracy and latency, fastest first.
 
     Of trials with identical accuracy and latency only the first in the order above is kept.
     """
     front: list[TrialSummary] = []
-    for trial in sorted(_measured(trials), key=_order(statistic)):
+    for trial in sorted(completed(trials), key=_order(statistic)):
         # Sorted by latency, a trial is on the front iff it is strictly more accurate than all before it.
         if not front or trial.accuracy > front[-1].accuracy:
             front.append(trial)
     return front
 
 
-def best_within(trials: Sequence[TrialSummary], budget_s: float, statistic: str = "mean") -> TrialSummary | None:
+def best_within(trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic = "mean") -> TrialSummary | None:
     """The most accurate completed trial whose latency statistic is within the budget (faster wins ties)."""
-    fitting = [t for t in _measured(trials) if t.latency_s.get(statistic) <= budget_s]
+    fitting = [t for t in completed(trials) if t.latency_s.get(statistic) <= budget_s]
     return min(fitting, key=lambda t: (-t.accuracy, *_order(statistic)(t)), default=None)

@@ -22,7 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-TRIAL_STATES = ("RUNNING", "COMPLETE", "FAILED")
+from latts.core.records import TrialState
+
 NAME_LENGTH = 512
 
 
@@ -74,7 +75,7 @@ class Trial(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "number", name="uq_latts_trials_study_number"),
         CheckConstraint(
-            "state IN ({})".format(", ".join(f"'{s}'" for s in TRIAL_STATES)),
+            "state IN ({})".format(", ".join(f"'{s}'" for s in TrialState)),
             name="ck_latts_trials_state",
         ),
         CheckConstraint("accuracy IS NULL OR (accuracy >= 0 AND accuracy <= 1)", name="ck_latts_trials_accuracy"),
@@ -84,7 +85,7 @@ class Trial(Base):
     study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"))
     number: Mapped[int]
     config: Mapped[dict[str, Any]]
-    state: Mapped[str] = mapped_column(String(16))
+    state: Mapped[TrialState] = mapped_column(String(16))
     fail_reason: Mapped[str | None] = mapped_column(Text)
     accuracy: Mapped[float | None]
     accuracy_lo: Mapped[float | None]

@@ -16,14 +16,15 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, create_engine, event, func, select
+from sqlalchemy import Engine, Select, create_engine, event, func, select, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
 
-from latts import stats
-from latts.records import Branch, LatencyStats, ProblemResult, TrialResult, TrialSummary, TTSConfig
-from latts.storage.models import TRIAL_STATES, Base, Hardware, ProblemResultRow, Study, Trial, utcnow
+from latts.core import statistics
+from latts.core.errors import first_line
+from latts.core.records import Branch, LatencyStats, ProblemResult, TrialResult, TrialState, TrialSummary, TTSConfig
+from latts.storage.models import Base, Hardware, ProblemResultRow, Study, Trial, utcnow
 
 # Writers wait this long for each other (and for Optuna's writes to the same SQLite file).
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -44,15 +45,6 @@ class StudyInfo:
     benchmark: str
     counts: dict[str, int]  # trials by state; every state is present, 0 when it has none
     created_at: datetime
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "created_at": self.created_at.isoformat()}
-
-
-def _first_line(err: BaseException) -> str:
-    """The driver's own message without the hint lines psycopg appends."""
-    text = str(getattr(err, "orig", None) or err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -109,7 +101,7 @@ def _summary(trial: Trial, study: str, hardware: str) -> TrialSummary:
         study=study,
         number=trial.number,
         config=TTSConfig.from_dict(trial.config),
-        state=trial.state,
+        state=TrialState(trial.state),
         hardware=hardware,
         fail_reason=trial.fail_reason,
         accuracy=trial.accuracy,
@@ -120,7 +112,7 @@ def _summary(trial: Trial, study: str, hardware: str) -> TrialSummary:
         warmup_s=trial.warmup_s,
         drafted_tokens=trial.drafted_tokens,
         accepted_tokens=trial.accepted_tokens,
-        mean_acceptance_length=stats.mean_acceptance_length(trial.num_drafts, trial.accepted_tokens),
+        mean_acceptance_length=statistics.mean_acceptance_length(trial.num_drafts, trial.accepted_tokens),
         worker=trial.worker,
         extra={
             "num_drafts": trial.num_drafts,
@@ -144,11 +136,11 @@ class Repository:
             self._engine = _create_engine(url)
             self._create_tables()
         except (ArgumentError, ImportError) as err:  # unknown dialect or its driver is not installed
-            raise StorageError(f"cannot open storage '{self.url}': {_first_line(err)}; {URL_HINT}") from err
+            raise StorageError(f"cannot open storage '{self.url}': {first_line(err)}; {URL_HINT}") from err
         except DBAPIError as err:
             fix = "create its folder" if self._engine.dialect.name == "sqlite" else "start the database"
             raise StorageError(
-                f"cannot open storage '{self.url}': {_first_line(err)}; {fix} or pass --storage URL"
+                f"cannot open storage '{self.url}': {first_line(err)}; {fix} or pass --storage URL"
             ) from err
 
     def _create_tables(self) -> None:
@@ -174,7 +166,7 @@ class Repository:
             raise  # a constraint conflict: the calling method knows what it means
         except DBAPIError as err:
             raise StorageError(
-                f"storage '{self.url}' failed: {_first_line(err)}; "
+                f"storage '{self.url}' failed: {first_line(err)}; "
                 "check that the database is up and reachable and its latts_ tables intact"
             ) from err
 
@@ -197,7 +189,10 @@ class Repository:
             return s.scalar(select(Hardware.detected).where(Hardware.name == name))
 
     def ensure_study(self, name: str, hardware: str, model: str, benchmark: str, spec: dict[str, Any]) -> None:
-        """Create the study unless it exists; an existing one keeps its first spec (resuming a study is normal)."""
+        """Create the study, or take the newest spec for an existing one (a resume may change budgets).
+
+        Whether the new spec may resume the study (the same measurements) is the caller's check.
+        """
         with self._transaction() as s:
             hardware_id = s.scalar(select(Hardware.id).where(Hardware.name == hardware))
         if hardware_id is None:
@@ -210,6 +205,8 @@ class Repository:
                 f"study '{name}' already exists for model '{info.model}', benchmark '{info.benchmark}' "
                 f"on hardware '{info.hardware}'; pick another `study:` name"
             )
+        with self._transaction() as s:
+            s.execute(update(Study).where(Study.name == name).values(spec=spec))
 
     def study_spec(self, name: str) -> dict[str, Any] | None:
         with self._transaction() as s:
@@ -221,7 +218,7 @@ class Repository:
                 study_id = s.scalar(select(Study.id).where(Study.name == study))
                 if study_id is None:
                     raise StorageError(f"study '{study}' does not exist in '{self.url}'; call ensure_study first")
-                trial = Trial(study_id=study_id, number=number, config=config.to_dict(), state="RUNNING", worker=worker)
+                trial = Trial(study_id=study_id, number=number, config=config.to_dict(), state=TrialState.RUNNING, worker=worker)
                 s.add(trial)
                 s.flush()
                 return trial.id
@@ -236,7 +233,7 @@ class Repository:
         trial = s.scalar(select(Trial).where(Trial.id == trial_id).with_for_update())
         if trial is None:
             raise StorageError(f"trial id {trial_id} does not exist in '{self.url}'; use the id start_trial returned")
-        if trial.state != "RUNNING":
+        if trial.state != TrialState.RUNNING:
             raise StorageError(f"trial id {trial_id} is already {trial.state}; only RUNNING trials can be finished or failed")
         return trial
 
@@ -246,8 +243,8 @@ class Repository:
         if not problems:
             raise StorageError(f"trial id {trial_id} has no problem results; record it with fail_trial instead")
         n_correct = sum(p.correct for p in problems)
-        accuracy_lo, accuracy_hi = stats.wilson_interval(n_correct, len(problems))
-        latency = stats.latency_stats([p.latency_s for p in problems])
+        accuracy_lo, accuracy_hi = statistics.wilson_interval(n_correct, len(problems))
+        latency = statistics.latency_stats([p.latency_s for p in problems])
         try:
             with self._transaction() as s:
                 trial = self._running_trial(s, trial_id)
@@ -264,7 +261,7 @@ class Repository:
                     )
                     for p in problems
                 )
-                trial.state = "COMPLETE"
+                trial.state = TrialState.COMPLETE
                 trial.accuracy = n_correct / len(problems)
                 trial.accuracy_lo, trial.accuracy_hi = accuracy_lo, accuracy_hi
                 trial.latency_mean, trial.latency_p50 = latency.mean, latency.p50
@@ -277,32 +274,38 @@ class Repository:
                 trial.worker = result.worker
                 trial.finished_at = utcnow()
                 s.flush()
-                return _summary(*s.execute(_summary_query().where(Trial.id == trial_id)).one())
+                return self._trial(s, trial_id)
         except IntegrityError as err:
             raise StorageError(
-                f"cannot finish trial id {trial_id}: {_first_line(err)}; each problem index must appear once"
+                f"cannot finish trial id {trial_id}: {first_line(err)}; each problem index must appear once"
             ) from None
 
     def fail_trial(self, trial_id: int, reason: str) -> TrialSummary:
         """Mark a trial FAILED with its reason; its measurements stay empty, never made up."""
         with self._transaction() as s:
             trial = self._running_trial(s, trial_id)
-            trial.state = "FAILED"
+            trial.state = TrialState.FAILED
             trial.fail_reason = reason
             trial.finished_at = utcnow()
         return self.trial(trial_id)
 
     def trial(self, trial_id: int) -> TrialSummary:
         with self._transaction() as s:
+            return self._trial(s, trial_id)
+
+    def _trial(self, s: Session, trial_id: int) -> TrialSummary:
+        try:
             return _summary(*s.execute(_summary_query().where(Trial.id == trial_id)).one())
+        except NoResultFound:
+            raise StorageError(f"trial id {trial_id} does not exist in '{self.url}'; use an id that trials() lists") from None
 
     def running_trials(self, study: str) -> list[TrialSummary]:
-        return self.trials(study, states=["RUNNING"])
+        return self.trials(study, states=[TrialState.RUNNING])
 
     def trials(
         self,
         study: str | None = None,
-        states: Iterable[str] | None = None,
+        states: Iterable[TrialState] | None = None,
         hardware: str | None = None,
         model: str | None = None,
         benchmark: str | None = None,
@@ -360,7 +363,7 @@ class Repository:
                     hardware=row[2],
                     model=row[3],
                     benchmark=row[4],
-                    counts={state: by_study.get(row[0], {}).get(state, 0) for state in TRIAL_STATES},
+                    counts={state.value: by_study.get(row[0], {}).get(state, 0) for state in TrialState},
                     created_at=row[5],
                 )
                 for row in s.execute(rows.order_by(Study.name))

@@ -5,59 +5,16 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
-from latts import demo_models
-from latts.records import TTSConfig
-from latts.spec import EngineSpec
+from latts.core.records import EngineKey, TTSConfig
+from latts.core.spec import EngineSpec
+from latts.demo import models as demo_models
 
 SPEC_DECODE_COUNTERS = {
     "vllm:spec_decode_num_drafts": "num_drafts",
     "vllm:spec_decode_num_draft_tokens": "drafted_tokens",
     "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
 }
-
-
-@dataclass(frozen=True)
-class EngineKey:
-    """What needs its own engine; branches, aggregator and sampling change per request instead."""
-
-    model: str
-    speculative_method: str | None
-    draft_model: str | None
-    num_speculative_tokens: int | None
-    dtype: str
-    tensor_parallel_size: int
-    max_model_len: int | None
-    runner: str = "generate"  # "pooling" for a verifier (an outcome reward model)
-
-    @classmethod
-    def for_config(cls, model: str, config: TTSConfig, engine: EngineSpec) -> EngineKey:
-        return cls(
-            model=model,
-            speculative_method=config.speculative_method,
-            draft_model=config.draft_model,
-            num_speculative_tokens=config.num_speculative_tokens,
-            dtype=engine.dtype,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            max_model_len=engine.max_model_len,
-        )
-
-    @classmethod
-    def for_verifier(cls, model: str, engine: EngineSpec) -> EngineKey:
-        return cls(model, None, None, None, engine.dtype, engine.tensor_parallel_size, engine.max_model_len, "pooling")
-
-    def speculative_config(self) -> dict[str, Any] | None:
-        """vLLM's `speculative_config`, exactly as `vllm serve` takes it."""
-        if self.speculative_method is None:
-            return None
-        config: dict[str, Any] = {
-            "method": self.speculative_method,
-            "num_speculative_tokens": self.num_speculative_tokens,
-        }
-        if self.draft_model is not None:
-            config["model"] = self.draft_model
-        return config
 
 
 @dataclass(frozen=True)

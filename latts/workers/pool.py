@@ -8,11 +8,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from latts import benchmarks, hardware, tts
-from latts.benchmarks import Problem
-from latts.records import Branch, ProblemResult, TrialResult, TTSConfig
-from latts.spec import StudySpec
-from latts.workers.engine import EngineCache, EngineKey
+from latts.aggregation import aggregate
+from latts.core.errors import first_line
+from latts.core.records import Branch, EngineKey, ProblemResult, TrialResult, TTSConfig
+from latts.core.spec import StudySpec
+from latts.problems import Problem, extract_boxed, grade
+from latts.workers import hardware
+from latts.workers.engine import EngineCache
 
 
 class TrialFailed(Exception):
@@ -42,16 +44,16 @@ class EngineWorker:
             return self._run_trial(config, key)
         except Exception as exc:
             # Ray must pickle what a task raises, and vLLM's errors do not always pickle.
-            raise TrialFailed(_first_line(exc)) from None
+            raise TrialFailed(_reason(exc)) from None
 
     def _run_trial(self, config: TTSConfig, key: EngineKey) -> TrialResult:
         engine, started = self.cache.get(key)
         engine_start_s = engine.start_s if started else 0.0
         verifier = None
         if config.verifier is not None:
-            verifier, started = self.cache.get(EngineKey.for_verifier(config.verifier, self.spec.engine))
+            verifier, started = self.cache.get(self.spec.engine.verifier_key(config.verifier))
             engine_start_s += verifier.start_s if started else 0.0
-        aggregate = tts.aggregator(config.aggregator, self.spec.aggregation.window, self.spec.aggregation.tail)
+        parameters = self.spec.aggregation.model_dump()
         # Warm the request path for this branch count; recorded, never counted in problem latency.
         warm_start = time.perf_counter()
         (warm,) = engine.generate([self.problems[0].prompt], config, seeds=[self.spec.seed])
@@ -72,12 +74,12 @@ class EngineWorker:
             )
             branches = [
                 tuple(
-                    Branch(s.text, benchmarks.extract_boxed(s.text), s.n_tokens, s.token_logprobs, score)
+                    Branch(s.text, extract_boxed(s.text), s.n_tokens, s.token_logprobs, score)
                     for s, score in zip(problem_samples, self._scores(verifier, problem.prompt, problem_samples))
                 )
                 for problem, problem_samples in zip(group, samples, strict=True)
             ]
-            answers = [aggregate(b) for b in branches]
+            answers = [aggregate(config.aggregator, b, parameters) for b in branches]
             latency_s = time.perf_counter() - submitted
             results.extend(
                 ProblemResult(
@@ -86,7 +88,7 @@ class EngineWorker:
                     reference=problem.answer,
                     branches=problem_branches,
                     aggregated_answer=answer,
-                    correct=benchmarks.grade(answer, problem.answer),
+                    correct=grade(answer, problem.answer),
                     latency_s=latency_s,
                 )
                 for index, problem, problem_branches, answer in zip(indices, group, branches, answers, strict=True)
@@ -199,10 +201,10 @@ class WorkerPool:
                 finished.append(Finished(trial_id, ray.get(ref), None))
                 slot.running = None
             except ray.exceptions.RayActorError as exc:
-                finished.append(Finished(trial_id, None, f"worker died: {_first_line(exc)}"))
+                finished.append(Finished(trial_id, None, f"worker died: {_reason(exc)}"))
                 self._replace(slot)
             except ray.exceptions.RayTaskError as exc:  # the trial raised inside the worker: engine start, OOM...
-                finished.append(Finished(trial_id, None, str(exc.cause) if isinstance(exc.cause, TrialFailed) else _first_line(exc)))
+                finished.append(Finished(trial_id, None, str(exc.cause) if isinstance(exc.cause, TrialFailed) else _reason(exc)))
                 slot.running = None
         now = time.monotonic()
         for slot in self._slots:
@@ -220,12 +222,10 @@ class WorkerPool:
             self._ray.kill(slot.actor)
 
 
-def _first_line(exc: BaseException) -> str:
-    """The root cause of a (possibly Ray-wrapped) exception, on one line."""
+def _reason(exc: BaseException) -> str:
+    """A failed trial's reason: the root cause's type and its first line."""
     cause = getattr(exc, "cause", None) or exc
     errors = getattr(cause, "errors", None)
-    if callable(errors):  # pydantic (vLLM's config checks): the first error's own message
-        text = str(errors()[0]["msg"])
-    else:
-        text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    # pydantic (vLLM's config checks): the first error's own message, not the summary line.
+    text = str(errors()[0]["msg"]) if callable(errors) else first_line(cause)
     return f"{type(cause).__name__}: {text}"[:500]

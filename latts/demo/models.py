@@ -2,12 +2,13 @@
 
 `demo:target` (Llama, 0.36M parameters) solves arith with a short chain of
 thought. It is trained on chains that hold occasional arithmetic slips, so it
-is right on average (greedy ~88% on the quickstart problems) but errs at random
-when sampled: one branch at temperature 0.8 is right ~58% of the time, a
-majority vote over 8 branches ~80%. That gap is what latts' demos measure.
-`demo:draft` (0.1M parameters, same tokenizer, trained on clean chains) agrees
-with the target's greedy output often enough for draft-model speculative
-decoding (~94% of drafted tokens accepted at temperature 0).
+errs at random when sampled: on the quickstart's 48 problems one copy trained
+on the project's 2-core machine scored 56% greedy, about 44% per branch at
+temperature 0.8 and about 60% with a majority vote over 8 branches
+(tests/test_demo_models.py re-measures the gain). That gap is what latts'
+demos measure. `demo:draft` (0.1M parameters, same tokenizer, trained on clean
+chains) agrees with the target's greedy output often enough for draft-model
+speculative decoding (~94% of drafted tokens accepted at temperature 0).
 
 Both train from scratch at once, single-threaded and deterministic, in about a
 minute on two CPU cores, and are cached under
@@ -33,7 +34,7 @@ from pathlib import Path
 DEMO_MODELS = ("demo:target", "demo:draft", "demo:verifier")
 # Trained together on first use of either: one single-threaded process each, side by side.
 _GENERATORS = ("demo:target", "demo:draft")
-# The verifier starts from the trained target (latts.demo_verifier), so it trains after it.
+# The verifier starts from the trained target (latts.demo.verifier), so it trains after it.
 _NEEDS = {"demo:verifier": "demo:target"}
 
 # Bump whenever the recipe below changes: cached models are keyed by it.
@@ -41,7 +42,7 @@ VERSION = "arith-v3"
 
 
 @dataclass(frozen=True)
-class _Recipe:
+class Recipe:
     hidden: int
     layers: int
     heads: int  # head_dim = hidden / heads must be one vLLM's CPU attention supports (32, 64, ...)
@@ -49,18 +50,18 @@ class _Recipe:
     steps: int
     batch: int = 16  # small batches, many steps: tiny models learn arith per step, not per example
     lr: float = 2e-3
-    slip: float = 0.0  # chance that a training CoT step holds an arithmetic slip (see _with_slips)
+    slip: float = 0.0  # chance that a training CoT step holds an arithmetic slip (see with_slips)
     seed: int = 0
 
 
-_RECIPES: dict[str, _Recipe] = {
-    "target": _Recipe(hidden=128, layers=2, heads=4, intermediate=256, steps=1200, slip=0.2),
-    "draft": _Recipe(hidden=64, layers=2, heads=2, intermediate=128, steps=1500),
+RECIPES: dict[str, Recipe] = {
+    "target": Recipe(hidden=128, layers=2, heads=4, intermediate=256, steps=1200, slip=0.2),
+    "draft": Recipe(hidden=64, layers=2, heads=2, intermediate=128, steps=1500),
 }
 _MAX_POSITIONS = 256  # prompt (~15 tokens) + 96 generated tokens fit with room to spare
 # Fixed, so the same recipe gives the same bytes; and 2 threads ran up to 9x slower here
-# whenever another process shared the 2 cores.
-_THREADS = 1
+# whenever another process shared the 2 cores. The verifier trains with it too.
+TRAINING_THREADS = 1
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 
 
@@ -83,7 +84,7 @@ def is_demo_model(name: str) -> bool:
 
 def _kind(name: str) -> str:
     kind = name.removeprefix("demo:")
-    if kind not in _RECIPES and kind != "verifier":
+    if kind not in RECIPES and kind != "verifier":
         raise ValueError(f"unknown demo model {name!r}; known: {', '.join(DEMO_MODELS)}")
     return kind
 
@@ -91,6 +92,11 @@ def _kind(name: str) -> str:
 def model_path(name: str) -> Path:
     """Where a demo model lives in the cache (it may not exist yet)."""
     return _models_root() / _kind(name)
+
+
+def local_name(name: str) -> str:
+    """The folder a demo model lives in (it may not be trained yet); other names unchanged. Never trains."""
+    return str(model_path(name)) if is_demo_model(name) else name
 
 
 def resolve_model(name: str) -> str:
@@ -140,7 +146,7 @@ def ensure_demo_models(
         log(f"latts: training demo models {', '.join(missing)} (one-off, cached in {root}) ...")
         tmps = {n: Path(tempfile.mkdtemp(prefix=f".{p.name}-", dir=root)) for n, p in missing.items()}
         try:
-            _train_in_subprocesses({n: (_RECIPES.get(_kind(n)), tmps[n]) for n in missing})
+            _train_in_subprocesses({n: (RECIPES.get(_kind(n)), tmps[n]) for n in missing})
             for name, path in missing.items():
                 if path.exists():  # an incomplete leftover from outside latts
                     shutil.rmtree(path)
@@ -153,18 +159,21 @@ def ensure_demo_models(
     return paths
 
 
-def _train_in_subprocesses(jobs: dict[str, tuple[_Recipe | None, Path]]) -> None:
+def _train_in_subprocesses(jobs: dict[str, tuple[Recipe | None, Path]]) -> None:
     """Run train_model(recipe, out_dir) for each job, all at once, in fresh interpreters.
 
     A plain subprocess (not multiprocessing) so the caller's __main__ is never
     re-imported, and torch's thread settings stay out of the caller's process.
     """
     env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parent.parent)  # works without latts installed
+    pkg_root = str(Path(__file__).resolve().parents[2])  # the folder holding `latts`: works without latts installed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "latts.demo_models", json.dumps(asdict(recipe)) if recipe else "verifier", str(out)],
+            # The verifier's training lives in its own module (python -m latts.demo.verifier OUT_DIR).
+            [sys.executable, "-m", "latts.demo.models", json.dumps(asdict(recipe)), str(out)]
+            if recipe
+            else [sys.executable, "-m", "latts.demo.verifier", str(out)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -193,7 +202,7 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from latts.benchmarks import arith_training_problems
+    from latts.problems import arith_training_problems
 
     tok = Tokenizer(models.BPE())
     # Single-digit tokens keep arithmetic learnable; byte-level keeps any text encodable.
@@ -219,7 +228,7 @@ def build_tokenizer():
 _STEP = re.compile(r"(\d+)([-+*])(\d+)=(\d+)\.")
 
 
-def _with_slips(solution: str, rng: random.Random, slip: float) -> str:
+def with_slips(solution: str, rng: random.Random, slip: float) -> str:
     """The solution with occasional arithmetic slips, carried through to the answer.
 
     Each step's result is off by a small amount (a wrong digit or carry) with
@@ -260,7 +269,7 @@ def _encode_corpus(tokenizer, prompts: list[str], solutions: list[str]):
     return ids, labels
 
 
-def train_model(kind: str | _Recipe, out_dir: Path | str, log: Callable[[str], object] | None = None) -> Path:
+def train_model(kind: str | Recipe, out_dir: Path | str, log: Callable[[str], object] | None = None) -> Path:
     """Train demo model `kind` ("target", "draft" or a recipe) into out_dir.
 
     Deterministic: the same recipe gives the same bytes (on one kind of CPU).
@@ -268,18 +277,18 @@ def train_model(kind: str | _Recipe, out_dir: Path | str, log: Callable[[str], o
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from latts.benchmarks import arith_training_problems
+    from latts.problems import arith_training_problems
 
-    r = _RECIPES[kind] if isinstance(kind, str) else kind
+    r = RECIPES[kind] if isinstance(kind, str) else kind
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     problems = arith_training_problems(r.steps * r.batch, seed=r.seed)  # one pass, fresh problems
     rng = random.Random(r.seed)
-    solutions = [_with_slips(p.solution, rng, r.slip) for p in problems]
+    solutions = [with_slips(p.solution, rng, r.slip) for p in problems]
     ids, labels = _encode_corpus(tokenizer, [p.prompt for p in problems], solutions)
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(_THREADS)
+    torch.set_num_threads(TRAINING_THREADS)
     try:
         torch.manual_seed(r.seed)
         config = LlamaConfig(
@@ -327,11 +336,5 @@ def train_model(kind: str | _Recipe, out_dir: Path | str, log: Callable[[str], o
     return out_dir
 
 
-if __name__ == "__main__":  # python -m latts.demo_models KIND|RECIPE_JSON OUT_DIR (see _train_in_subprocesses)
-    what = sys.argv[1]
-    if what == "verifier":
-        from latts.demo_verifier import train_verifier
-
-        train_verifier(sys.argv[2], model_path("demo:target"), log=print)
-    else:
-        train_model(_Recipe(**json.loads(what)) if what.startswith("{") else what, sys.argv[2], log=print)
+if __name__ == "__main__":  # python -m latts.demo.models RECIPE_JSON OUT_DIR (see _train_in_subprocesses)
+    train_model(Recipe(**json.loads(sys.argv[1])), sys.argv[2], log=print)

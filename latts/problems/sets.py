@@ -1,27 +1,16 @@
-"""Problem sets, answer extraction and grading.
+"""Problem sets: `arith` generated from a seed, and JSONL files (MATH-500, GSM8K, any).
 
-`arith` is a synthetic multi-step arithmetic set generated from a seed: small
-enough that the tiny demo models (latts.demo_models) learn it in seconds on a
-CPU, noisy enough that test-time scaling visibly helps them.
+`arith` is a synthetic multi-step arithmetic set: small enough that the tiny
+demo models (latts.demo) learn it in seconds on a CPU, noisy enough that
+test-time scaling visibly helps them.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import random
-import threading
 from dataclasses import dataclass
-
-__all__ = [
-    "BenchmarkError",
-    "Problem",
-    "arith_problems",
-    "arith_training_problems",
-    "extract_boxed",
-    "grade",
-    "load_jsonl",
-    "load_problems",
-]
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -31,8 +20,6 @@ class Problem:
     answer: str  # reference final answer
     solution: str | None = None  # reference chain of thought ending in \boxed{answer}
 
-
-# ---------------------------------------------------------------- arith
 
 # Evaluation seeds are plain ints; training draws from a disjoint stream
 # (a string seed namespace), and additionally drops any prompt that occurs in
@@ -47,8 +34,8 @@ def _arith_one(rng: random.Random) -> tuple[str, str, str]:
     """One problem: (expression, answer, chain of thought).
 
     2-3 operations over +, - and *, evaluated left to right (parentheses make
-    that the standard reading, e.g. "(26-9)*2+5"). Factors are one-digit and
-    every intermediate value lies in 0..99, so each step is a small fact, and
+    that the standard reading, e.g. "(6-2)*3+5"). Factors are one-digit and
+    every intermediate value lies in 0.._MAX_VALUE (30), so each step is a small fact, and
     the chain of thought takes the operands in prompt order: both keep the
     task learnable in seconds by a tiny model.
     """
@@ -102,80 +89,7 @@ def arith_training_problems(n: int, seed: int = 0) -> list[Problem]:
     return out
 
 
-# ---------------------------------------------------------------- answers
-
-
-def extract_boxed(text: str | None) -> str | None:
-    """Content of the last \\boxed{...} in text, nested braces handled.
-
-    None when there is no \\boxed{ or the last one is never closed (for
-    example a generation cut off by max_tokens).
-    """
-    if not text:
-        return None
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i = start + len("\\boxed{")
-    depth = 1
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i:j].strip()
-    return None
-
-
-def _norm(s: str) -> str:
-    return "".join(s.split()).strip("$").rstrip(".")
-
-
-def _mv_parse(s: str, timeout: int | None) -> list:
-    from math_verify import parse
-
-    # \boxed{} first (math-verify's highest priority target), $...$ as fallback.
-    got = parse(f"\\boxed{{{s}}}", parsing_timeout=timeout)
-    return got or parse(f"${s}$", parsing_timeout=timeout)
-
-
-# math-verify warns once (at WARNING level) whenever its timeout is off; off is
-# what we want outside the main thread, so keep that warning quiet.
-logging.getLogger("math_verify").setLevel(logging.ERROR)
-
-
-def grade(predicted: str | None, reference: str) -> bool:
-    """Whether the predicted final answer equals the reference (math-verify).
-
-    Never raises. math-verify's timeouts use SIGALRM, which only works in the
-    main thread, so elsewhere (Ray actor threads, thread pools) they are off;
-    our answers are short, so parsing them cannot run away.
-    """
-    if predicted is None:
-        return False
-    try:
-        if _norm(predicted) == _norm(reference):  # fast path: no sympy needed
-            return True
-        from math_verify import verify
-
-        timeout = 5 if threading.current_thread() is threading.main_thread() else None
-        gold = _mv_parse(reference, timeout)
-        pred = _mv_parse(predicted, timeout)
-        if not gold or not pred:
-            return False
-        return bool(verify(gold, pred, timeout_seconds=timeout))
-    except BaseException as e:  # math-verify/sympy can raise odd things; a grade is a bool
-        if isinstance(e, (KeyboardInterrupt, SystemExit)):
-            raise
-        return False
-
-
-# ---------------------------------------------------------------- problem sets
-
-
-class BenchmarkError(Exception):
+class ProblemSetError(Exception):
     """A problem set that cannot be loaded; the message is one line naming the fix."""
 
 
@@ -193,15 +107,12 @@ def load_jsonl(
     path: str, benchmark_name: str, problem_field: str = "problem", answer_field: str = "answer"
 ) -> list[Problem]:
     """Problems from a JSONL file: one object per line with the problem text and its reference answer."""
-    import json
-    from pathlib import Path
-
     problems = []
     source = Path(path).expanduser()
     try:
         lines = source.read_text().splitlines()
     except OSError as exc:
-        raise BenchmarkError(f"benchmark.path: cannot read {path!r} ({exc.strerror}); check the path") from None
+        raise ProblemSetError(f"benchmark.path: cannot read {path!r} ({exc.strerror}); check the path") from None
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -211,13 +122,13 @@ def load_jsonl(
             reference = _reference(row[answer_field], benchmark_name)
             text = row[problem_field]
         except json.JSONDecodeError:
-            raise BenchmarkError(f"{where} is not JSON; give one JSON object per line") from None
+            raise ProblemSetError(f"{where} is not JSON; give one JSON object per line") from None
         except KeyError as exc:
-            raise BenchmarkError(
+            raise ProblemSetError(
                 f"{where} has no field {exc.args[0]!r}; set benchmark.problem_field / answer_field"
             ) from None
         except ValueError as exc:
-            raise BenchmarkError(f"{where}: the answer {exc}; check benchmark.name") from None
+            raise ProblemSetError(f"{where}: the answer {exc}; check benchmark.name") from None
         solution = row.get("solution")
         problems.append(
             Problem(
@@ -228,12 +139,12 @@ def load_jsonl(
             )
         )
     if not problems:
-        raise BenchmarkError(f"benchmark.path: {path} holds no problems; give a JSONL file with one problem per line")
+        raise ProblemSetError(f"benchmark.path: {path} holds no problems; give a JSONL file with one problem per line")
     return problems
 
 
 def load_problems(benchmark) -> list[Problem]:
-    """The problems a study runs, from its spec's `benchmark` section (latts.spec.BenchmarkSpec)."""
+    """The problems a study runs, from its spec's `benchmark` section (latts.core.spec.BenchmarkSpec)."""
     if benchmark.name == "arith":
         return arith_problems(benchmark.n_problems, benchmark.seed)
     problems = load_jsonl(benchmark.path, benchmark.name, benchmark.problem_field, benchmark.answer_field)

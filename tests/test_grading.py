@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from latts.benchmarks import Problem, arith_problems, arith_training_problems, extract_boxed, grade
+from latts.problems import Problem, arith_problems, arith_training_problems, extract_boxed, grade
 
 
 def test_arith_is_deterministic_per_seed():
@@ -37,6 +37,7 @@ def test_training_problems_never_overlap_evaluation_sets():
         ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
         ("\\boxed{1} then \\boxed{{2}+3}", "{2}+3"),
         ("first \\boxed{7}, finally \\boxed{ 18 }", "18"),
+        ("\\boxed{\\sqrt{\\{2\\}}}", "\\sqrt{\\{2\\}}"),  # escaped braces inside
         ("no box here: 18", None),
         ("cut off \\boxed{\\frac{1}{2", None),
         ("\\boxed{3} and then \\boxed{4", None),  # the last box is unfinished

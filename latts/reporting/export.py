@@ -5,30 +5,29 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
-from latts import demo_models
-from latts.records import TrialSummary
-from latts.spec import EngineSpec
-from latts.workers.engine import EngineKey
+from latts.aggregation import RULES
+from latts.core.records import EngineKey, LatencyStatistic, TrialSummary
+from latts.core.spec import EngineSpec
+from latts.demo.models import local_name
 
-FORMATS = ("vllm-yaml", "json")
-# Aggregators that weigh branches by the engine's token log-probabilities, so requests must ask for them.
-LOGPROB_AGGREGATORS = ("weighted_mean_logprob", "weighted_min_window", "weighted_tail", "weighted_bottom10")
+ExportFormat = Literal["vllm-yaml", "json"]
+FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 
 def engine_key(spec: dict[str, Any], trial: TrialSummary) -> EngineKey:
     """The engine the trial ran on, from the study's stored spec (`StudySpec.model_dump(mode="json")`)."""
-    return EngineKey.for_config(spec["model"], trial.config, EngineSpec.model_validate(spec.get("engine", {})))
+    return EngineSpec.model_validate(spec.get("engine", {})).key_for(spec["model"], trial.config)
 
 
 def vllm_serve_config(spec: dict[str, Any], trial: TrialSummary) -> dict[str, Any]:
-    """`vllm serve --config` keys (its YAML spells them like the flags); demo names become local folders."""
+    """`vllm serve --config` keys (its YAML spells them like the flags); demo names become their cache folders."""
     key = engine_key(spec, trial)
     document: dict[str, Any] = {
-        "model": demo_models.resolve_model(key.model),
+        "model": local_name(key.model),
         "dtype": key.dtype,
         "tensor-parallel-size": key.tensor_parallel_size,
     }
@@ -37,22 +36,22 @@ def vllm_serve_config(spec: dict[str, Any], trial: TrialSummary) -> dict[str, An
     speculative = key.speculative_config()
     if speculative is not None:
         if "model" in speculative:
-            speculative["model"] = demo_models.resolve_model(speculative["model"])
+            speculative["model"] = local_name(speculative["model"])
         document["speculative-config"] = speculative
     return document
 
 
-def request_settings(spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: str) -> dict[str, Any]:
+def request_settings(spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: LatencyStatistic) -> dict[str, Any]:
     """What a client sends per problem and how it combines the answers, with what the trial measured."""
     config = trial.config
     request: dict[str, Any] = {
-        "model": demo_models.resolve_model(spec["model"]),  # vLLM's served model name defaults to this path
+        "model": local_name(spec["model"]),  # vLLM's served model name defaults to this path
         "n": config.branches,
         "temperature": config.temperature,
         "top_p": config.top_p,
         "max_tokens": config.max_tokens,
     }
-    if config.aggregator in LOGPROB_AGGREGATORS:
+    if RULES[config.aggregator].needs_logprobs:
         request["logprobs"] = 0  # vLLM then returns each sampled token's own log-probability
     return {
         "study": trial.study,
@@ -62,7 +61,7 @@ def request_settings(spec: dict[str, Any], trial: TrialSummary, budget_s: float,
         "statistic": statistic,
         "request": request,
         "aggregator": config.aggregator,
-        "verifier": demo_models.resolve_model(config.verifier) if config.verifier else None,
+        "verifier": local_name(config.verifier) if config.verifier else None,
         "speculative_config": engine_key(spec, trial).speculative_config(),
         "measured": {
             "accuracy": trial.accuracy,
@@ -74,7 +73,7 @@ def request_settings(spec: dict[str, Any], trial: TrialSummary, budget_s: float,
     }
 
 
-def render(fmt: str, spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: str) -> str:
+def render(fmt: ExportFormat, spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: LatencyStatistic) -> str:
     if fmt == "json":
         return json.dumps(request_settings(spec, trial, budget_s, statistic), indent=2) + "\n"
     if fmt != "vllm-yaml":

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latts.optimizer.frontier import best_within, pareto_front
-from latts.records import TrialSummary
+from latts.core.records import LatencyStatistic, TrialState, TrialSummary
+from latts.optimizer.frontier import best_within, completed, pareto_front
 
 if TYPE_CHECKING:  # both libraries load only when a plot of their kind is drawn
     import plotly.graph_objects as go
@@ -37,11 +37,11 @@ def _marker_size(branches: int) -> float:
     return 40.0 + 40.0 * math.log2(branches)
 
 
-def _hover(trial: TrialSummary, statistic: str) -> str:
+def _hover(trial: TrialSummary, statistic: LatencyStatistic) -> str:
     return f"#{trial.number} {trial.config.label()}: {trial.accuracy:.1%}, {trial.latency_s.get(statistic):.3f} s"
 
 
-def _chosen(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str) -> list[tuple[float, TrialSummary | None]]:
+def _chosen(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic) -> list[tuple[float, TrialSummary | None]]:
     return [(budget, best_within(trials, budget, statistic)) for budget in sorted(budgets)]
 
 
@@ -52,7 +52,7 @@ def _choice_text(budget: float, trial: TrialSummary | None) -> str:
 
 
 def plot_study(
-    trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, path: str | Path, title: str = ""
+    trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, path: str | Path, title: str = ""
 ) -> Path:
     """Write the plot to `path`; its extension picks the format."""
     path = Path(path)
@@ -70,8 +70,7 @@ def plot_study(
 
 
 def _split(trials: Sequence[TrialSummary]) -> tuple[list[TrialSummary], list[TrialSummary]]:
-    measured = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_s is not None]
-    return measured, [t for t in trials if t.state == "FAILED"]
+    return completed(trials), [t for t in trials if t.state == TrialState.FAILED]
 
 
 def _methods(measured: Sequence[TrialSummary]) -> dict[str, str]:
@@ -79,7 +78,7 @@ def _methods(measured: Sequence[TrialSummary]) -> dict[str, str]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
-def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, title: str = "") -> Figure:
+def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, title: str = "") -> Figure:
     """A matplotlib Figure: chart on top, failed-trial strip below."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
     from matplotlib.ticker import FuncFormatter
@@ -154,7 +153,7 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
     return fig
 
 
-def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, title: str = "") -> go.Figure:
+def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, title: str = "") -> go.Figure:
     """A plotly Figure: chart on top, failed-trial strip below."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from latts.records import LatencyStats
+import numpy as np
+
+from latts.core.records import LatencyStats
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -25,24 +27,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, center - half), min(1.0, center + half))
 
 
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default method)."""
-    h = (len(ordered) - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
-
-
 def latency_stats(latencies: Sequence[float]) -> LatencyStats:
     if not latencies:
         raise ValueError("latency_stats needs at least one latency")
-    ordered = sorted(latencies)
-    return LatencyStats(
-        mean=math.fsum(ordered) / len(ordered),
-        p50=_percentile(ordered, 0.50),
-        p90=_percentile(ordered, 0.90),
-        p99=_percentile(ordered, 0.99),
-    )
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])  # linear interpolation between ranks
+    return LatencyStats(mean=math.fsum(latencies) / len(latencies), p50=float(p50), p90=float(p90), p99=float(p99))
 
 
 def mean_acceptance_length(num_drafts: int | None, accepted_tokens: int | None) -> float | None:
@@ -50,3 +39,4 @@ def mean_acceptance_length(num_drafts: int | None, accepted_tokens: int | None) 
     if not num_drafts or accepted_tokens is None:
         return None
     return 1 + accepted_tokens / num_drafts
+

@@ -3,7 +3,7 @@
 It reads a problem and a whole chain of thought and scores the chance that the final answer is
 right. Like a real outcome reward model it starts from the policy (`demo:target`, which already
 knows arithmetic) with a fresh scoring head. Negatives are the target's own kind of error: a chain
-with an arithmetic slip carried through to a wrong answer (see demo_models._with_slips).
+with an arithmetic slip carried through to a wrong answer (see demo_models.with_slips).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from latts import demo_models
-from latts.benchmarks import Problem, arith_problems, arith_training_problems
+from latts.demo import models as demo_models
+from latts.problems import Problem, arith_problems, arith_training_problems
 
 STEPS, BATCH, LR, SEED = 1200, 32, 1e-3, 3
 
@@ -26,7 +26,7 @@ def labelled_chains(problems: Sequence[Problem], seed: int) -> tuple[list[str], 
     for problem in problems:
         chain, label = problem.solution, 1.0
         if rng.random() < 0.5:
-            while (chain := demo_models._with_slips(problem.solution, rng, 0.5)) == problem.solution:
+            while (chain := demo_models.with_slips(problem.solution, rng, 0.5)) == problem.solution:
                 pass
             label = float(chain.endswith(f"\\boxed{{{problem.answer}}}"))
         texts.append(problem.prompt + chain)
@@ -54,7 +54,7 @@ def train_verifier(out_dir: Path | str, target: Path | str, log: Callable[[str],
     targets = torch.tensor(labels)
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(demo_models._THREADS)
+    torch.set_num_threads(demo_models.TRAINING_THREADS)
     try:
         torch.manual_seed(SEED)
         model = LlamaForSequenceClassification.from_pretrained(target, num_labels=1)
@@ -92,3 +92,9 @@ def held_out_auc(path: Path | str, n: int = 400) -> float:
         encoded = tokenizer(texts, padding=True, return_tensors="pt")
         scores = model(**encoded).logits[:, 0].tolist()
     return auc(scores, labels)
+
+
+if __name__ == "__main__":  # python -m latts.demo.verifier OUT_DIR (see latts.demo.models._train_in_subprocesses)
+    import sys
+
+    train_verifier(sys.argv[1], demo_models.model_path("demo:target"), log=print)

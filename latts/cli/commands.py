@@ -1,4 +1,4 @@
-"""The `latts` command line. Errors are one line on stderr: exit 2 for bad input, 3 when no config fits."""
+"""The `latts` commands. Errors are one line on stderr: exit 2 for bad input, 3 when no config fits."""
 
 from __future__ import annotations
 
@@ -6,18 +6,17 @@ import functools
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
+from pydantic import BaseModel
+from rich.console import Console
 
-from latts.records import TrialSummary
-from latts.spec import STATISTICS, SpecError
+from latts.cli.tables import TuneProgress, best_table, trials_table
+from latts.core.records import STATISTICS, TrialState, TrialSummary
+from latts.core.spec import SpecError
+from latts.storage import Repository
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 # Tables are wide; when stdout is a file or pipe, don't squeeze them into rich's default 80 columns.
@@ -39,30 +38,31 @@ class UsageError(Exception):
     """Bad command-line input; one line."""
 
 
-def _fail(message: str) -> None:
-    err.print(f"error: {message}", markup=False, soft_wrap=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn latts' own errors into one line on stderr and exit code 2."""
-    from latts.benchmarks import BenchmarkError
+    from latts.problems import ProblemSetError
+    from latts.reporting.documents import MissingScope, UnknownStudy
     from latts.storage import StorageError
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (SpecError, StorageError, BenchmarkError, UsageError) as exc:
-            _fail(str(exc))
+        except UnknownStudy as exc:
+            message = f"{exc}; `latts status` lists them"
+        except MissingScope:
+            message = "give --study NAME, or all of --hardware, --model and --benchmark"
+        except (SpecError, StorageError, ProblemSetError, UsageError) as exc:
+            message = str(exc)
+        err.print(f"error: {message}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
 
     return wrapper
 
 
-def _repository(storage: str | None):
-    from latts.storage import Repository
-
-    return Repository(storage or os.environ.get("LATTS_STORAGE") or DEFAULT_STORAGE)
+def storage_url(flag: str | None, spec_storage: str | None = None) -> str:
+    """--storage, else the spec's `storage:` (tune only), else $LATTS_STORAGE, else ./latts.db."""
+    return flag or spec_storage or os.environ.get("LATTS_STORAGE") or DEFAULT_STORAGE
 
 
 def _check_statistic(statistic: str) -> None:
@@ -75,67 +75,8 @@ def _check_budget(budget: float) -> None:
         raise UsageError(f"--budget must be a positive number of seconds, got {budget:g}")
 
 
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
-
-
-def _seconds(value: float) -> str:
-    # Four significant digits: demo latencies are hundredths of a second, and budgets compare exactly.
-    return f"{value:.4g}"
-
-
-def trials_table(title: str, trials: list[TrialSummary], statistic: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("trial", "branches", "speculative", "aggregator", "verifier", "accuracy (95% CI)"):
-        table.add_column(column, justify="right" if column in ("trial", "branches") else "left")
-    for stat in STATISTICS:
-        table.add_column(f"{stat} s" + (" *" if stat == statistic else ""), justify="right")
-    table.add_column("accept len", justify="right")
-    for t in trials:
-        c = t.config
-        speculative = f"{c.speculative_method} k={c.num_speculative_tokens}" if c.speculative_method else "none"
-        lo, hi = t.accuracy_ci or (0.0, 0.0)
-        table.add_row(
-            f"{t.study}#{t.number}" if t.study else str(t.number),
-            str(c.branches),
-            speculative,
-            c.aggregator,
-            c.verifier or "-",
-            f"{t.accuracy:.1%} ({lo:.0%}-{hi:.0%})",
-            *(_seconds(t.latency_s.get(s)) for s in STATISTICS),
-            f"{t.mean_acceptance_length:.2f}" if t.mean_acceptance_length else "-",
-        )
-    return table
-
-
-def best_table(bests: dict[float, TrialSummary | None], statistic: str) -> Table:
-    table = Table(title=f"Best config per budget ({statistic} latency)", title_justify="left")
-    for column in ("budget s", "trial", "config", "accuracy", f"{statistic} s"):
-        table.add_column(column)
-    for budget, t in bests.items():
-        if t is None:
-            table.add_row(f"{budget:g}", "-", "nothing fits", "-", "-")
-        else:
-            table.add_row(
-                f"{budget:g}", f"{t.study}#{t.number}", t.config.label(), f"{t.accuracy:.1%}", _seconds(t.latency_s.get(statistic))
-            )
-    return table
-
-
-def _progress_view(state, spec) -> Group:
-    elapsed = time.monotonic() - state.started_at
-    finished_here = max(state.done - state.initial_done, 0)
-    remaining = (state.target - state.done) * elapsed / finished_here if finished_here else None
-    filled = int(30 * state.done / max(state.target, 1))
-    line = (
-        f"[bold]{escape(spec.study)}[/] \\[{'#' * filled}{'.' * (30 - filled)}] "
-        f"{state.done}/{state.target} done  {state.failed} failed  {state.in_flight} in flight  "
-        f"elapsed {elapsed:.0f}s  remaining {'~%.0fs' % remaining if remaining is not None else '?'}"
-    )
-    best = "  ".join(
-        f"<= {budget:g}s: {t.accuracy:.1%}" if t else f"<= {budget:g}s: -" for budget, t in state.best.items()
-    )
-    return Group(line, f"best accuracy so far  {best}")
+def _print_json(document: BaseModel) -> None:
+    sys.stdout.write(json.dumps(document.model_dump(mode="json"), indent=2) + "\n")
 
 
 @app.command()
@@ -147,27 +88,25 @@ def tune(
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="total trials for the study (overrides the spec)")] = None,
 ) -> None:
     """Run or resume the study named in the spec; print its frontier and best config per budget."""
-    from latts.optimizer.controller import Controller
+    from latts.core.spec import load_spec
+    from latts.optimizer.controller import INTERRUPTED, Controller
     from latts.optimizer.frontier import pareto_front
-    from latts.spec import load_spec
 
     spec = load_spec(spec_path)
     if n_trials is not None and n_trials < 1:
         raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
-    url = storage or spec.storage or os.environ.get("LATTS_STORAGE") or DEFAULT_STORAGE
-    repo = _repository(url)
+    url = storage_url(storage, spec.storage)
+    repo = Repository(url)
     controller = Controller(spec, repo, url, n_trials)
-    with Live(console=err, refresh_per_second=4, transient=False) as live:
-        state = controller.run(ray_address, on_update=lambda s: live.update(_progress_view(s, spec)))
+    with TuneProgress(err, spec.study) as progress:
+        state = controller.run(ray_address, on_update=progress.update)
     if not err.is_terminal:  # rich ends its last frame without a newline when it cannot redraw
         err.line()
     if state.exhausted:
         err.print(f"the search space holds fewer distinct configs than {state.target}; stopped after {state.done}")
     trials = repo.trials(spec.study)
-    from latts.optimizer.controller import INTERRUPTED
-
     for t in trials:
-        if t.state == "FAILED" and t.fail_reason != INTERRUPTED:
+        if t.state == TrialState.FAILED and t.fail_reason != INTERRUPTED:
             err.print(f"trial {t.number} ({t.config.label()}) failed: {t.fail_reason}", markup=False)
     out.print(trials_table(f"Frontier of {spec.study}", pareto_front(trials, spec.latency_statistic), spec.latency_statistic))
     out.print(best_table(state.best, spec.latency_statistic))
@@ -181,32 +120,25 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Studies and their trial counts by state."""
-    repo = _repository(storage)
-    studies = repo.studies()
+    from rich.table import Table
+
+    from latts.reporting.documents import UnknownStudy, studies_document
+
+    studies = Repository(storage_url(storage)).studies()
     if study is not None:
         studies = [s for s in studies if s.name == study]
         if not studies:
-            raise UsageError(f"no study named {study!r} in this storage; `latts status` lists them")
+            raise UnknownStudy(study)
     if as_json:
-        from latts.answers import studies_document
-
         _print_json(studies_document(studies))
         return
     table = Table(title="Studies", title_justify="left")
     for column in ("study", "hardware", "model", "benchmark", "complete", "failed", "running"):
         table.add_column(column)
     for s in studies:
-        table.add_row(s.name, s.hardware, s.model, s.benchmark, *(str(s.counts.get(k, 0)) for k in ("COMPLETE", "FAILED", "RUNNING")))
+        counts = (str(s.counts[state]) for state in (TrialState.COMPLETE, TrialState.FAILED, TrialState.RUNNING))
+        table.add_row(s.name, s.hardware, s.model, s.benchmark, *counts)
     out.print(table)
-
-
-def _study_trials(repo, study: str) -> list[TrialSummary]:
-    from latts import answers
-
-    try:
-        return answers.study_trials(repo, study)
-    except answers.UnknownStudy as exc:
-        raise UsageError(f"{exc}; `latts status` lists them") from None
 
 
 @app.command()
@@ -218,15 +150,14 @@ def frontier(
     as_json: JsonOption = False,
 ) -> None:
     """The Pareto-optimal trials: no other trial is both more accurate and faster."""
-    from latts.answers import frontier_document
-    from latts.optimizer.frontier import pareto_front
+    from latts.reporting.documents import frontier_document, study_trials
 
     _check_statistic(statistic)
-    trials = _study_trials(_repository(storage), study)
+    document = frontier_document(study, study_trials(Repository(storage_url(storage)), study), statistic)
     if as_json:
-        _print_json(frontier_document(study, trials, statistic))
+        _print_json(document)
     else:
-        out.print(trials_table(f"Frontier of {study} ({statistic} latency)", pareto_front(trials, statistic), statistic))
+        out.print(trials_table(f"Frontier of {study} ({statistic} latency)", document.frontier, statistic))
 
 
 @app.command()
@@ -242,40 +173,35 @@ def best(
     as_json: JsonOption = False,
 ) -> None:
     """The most accurate config within the budget; exit code 3 when none fits."""
-    from latts.answers import best_document
-    from latts.optimizer.frontier import best_within
+    from latts.reporting.documents import best_document, scope_trials
 
     _check_budget(budget)
     _check_statistic(statistic)
-    repo = _repository(storage)
-    if study is not None:
-        trials = _study_trials(repo, study)
-    elif hardware and model and benchmark:
-        trials = repo.trials(hardware=hardware, model=model, benchmark=benchmark)
-    else:
-        raise UsageError("give --study NAME, or all of --hardware, --model and --benchmark")
-    chosen = best_within(trials, budget, statistic)
+    trials = scope_trials(Repository(storage_url(storage)), study, hardware, model, benchmark)
+    document = best_document(trials, budget, statistic)
     if as_json:
-        _print_json(best_document(trials, budget, statistic))
-    elif chosen:
-        out.print(trials_table(f"Best within {budget:g} s ({statistic} latency)", [chosen], statistic))
+        _print_json(document)
+    elif document.best:
+        out.print(trials_table(f"Best within {budget:g} s ({statistic} latency)", [document.best], statistic))
     else:
         err.print(f"no completed trial fits {budget:g} s ({statistic} latency)")
-    if chosen is None:
+    if document.best is None:
         raise typer.Exit(EXIT_NO_FIT)
 
 
 @app.command("demo-models")
 def demo_models_command() -> None:
     """Train the tiny demo models on `arith` (cached; instant when already there)."""
-    from latts import demo_models
+    from latts.demo.models import ensure_demo_models
 
-    for name, path in demo_models.ensure_demo_models(log=lambda m: err.print(m)).items():
+    for name, path in ensure_demo_models(log=lambda m: err.print(m)).items():
         out.print(f"{name}: {path}")
 
 
 def _study_spec_and_trials(repo, study: str) -> tuple[dict[str, Any], list[TrialSummary]]:
-    trials = _study_trials(repo, study)
+    from latts.reporting.documents import study_trials
+
+    trials = study_trials(repo, study)
     return repo.study_spec(study) or {}, trials
 
 
@@ -290,8 +216,8 @@ def export_command(
     statistic: Annotated[str | None, typer.Option("--statistic", help="mean, p50, p90 or p99; default the study's own")] = None,
 ) -> None:
     """Serving config for the most accurate config within the budget; exit code 3 when none fits."""
-    from latts import export as exporting
     from latts.optimizer.frontier import best_within
+    from latts.reporting import export as exporting
 
     if fmt not in exporting.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporting.FORMATS)}")
@@ -300,7 +226,7 @@ def export_command(
     _check_budget(budget)
     if statistic is not None:
         _check_statistic(statistic)
-    spec, trials = _study_spec_and_trials(_repository(storage), study)
+    spec, trials = _study_spec_and_trials(Repository(storage_url(storage)), study)
     statistic = statistic or spec.get("latency_statistic", "mean")
     chosen = best_within(trials, budget, statistic)
     if chosen is None:
@@ -327,11 +253,11 @@ def plot_command(
     statistic: Annotated[str | None, typer.Option("--statistic", help="mean, p50, p90 or p99; default the study's own")] = None,
 ) -> None:
     """Accuracy-latency plot: every trial, the frontier, each budget and the config chosen for it."""
-    from latts.plots import PlotError, plot_study
+    from latts.reporting.plots import PlotError, plot_study
 
     if statistic is not None:
         _check_statistic(statistic)
-    repo = _repository(storage)
+    repo = Repository(storage_url(storage))
     spec, trials = _study_spec_and_trials(repo, study)
     info = repo.study(study)
     statistic = statistic or spec.get("latency_statistic", "mean")
@@ -357,13 +283,14 @@ def serve_command(
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    from latts.api import create_app
+    from latts.reporting.api import create_app
+    from latts.storage.repository import URL_HINT
 
-    url = storage or os.environ.get("LATTS_STORAGE") or DEFAULT_STORAGE
+    url = storage_url(storage)
     try:
         make_url(url)  # a typo fails now; a database that is down only makes requests answer 503
     except ArgumentError:
-        raise UsageError(f"cannot parse storage URL {url!r}; use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB") from None
+        raise UsageError(f"cannot parse storage URL {url!r}; {URL_HINT}") from None
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
     # Bound here rather than by uvicorn, so a busy port is one line and exit 2, and port 0 can be reported.

@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from latts import demo_models
-from latts.records import TTSConfig
+from latts.aggregation import PARAMETER_DEFAULTS, RULES, AggregatorName
+from latts.core.records import METHODS_WITH_MODEL, EngineKey, LatencyStatistic, SpeculativeMethod, TTSConfig
+from latts.demo import models as demo_models
 
-AGGREGATORS = (
-    "majority",
-    "weighted_mean_logprob",
-    "weighted_min_window",
-    "weighted_tail",
-    "weighted_bottom10",
-    "best_of_n",
-    "weighted_best_of_n",
-)
-VERIFIER_AGGREGATORS = ("best_of_n", "weighted_best_of_n")
-SPECULATIVE_METHODS = ("ngram", "draft_model", "eagle", "eagle3", "mtp")
-# Methods that need a second model: the draft, or the EAGLE/MTP head.
-METHODS_WITH_MODEL = ("draft_model", "eagle", "eagle3")
+ProblemSetName = Literal["arith", "math500", "gsm8k", "jsonl"]
+SamplerName = Literal["nsga2", "tpe", "random", "grid"]
 NONE = "none"
-STATISTICS = ("mean", "p50", "p90", "p99")
 
 # A hub id is `org/name`; anything that looks like a filesystem path must exist.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -58,7 +47,7 @@ ModelName = Annotated[str, Field(min_length=1)]
 
 
 class BenchmarkSpec(_Strict):
-    name: Literal["arith", "math500", "gsm8k", "jsonl"]
+    name: ProblemSetName
     n_problems: int | None = Field(default=None, ge=1)
     seed: int = 0
     path: str | None = None  # JSONL file for math500 / gsm8k / jsonl
@@ -84,7 +73,7 @@ class SamplingSpec(_Strict):
 
 
 class SpeculativeSpec(_Strict):
-    method: Literal["ngram", "draft_model", "eagle", "eagle3", "mtp"]
+    method: SpeculativeMethod
     model: ModelName | None = None
     num_speculative_tokens: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
 
@@ -110,7 +99,7 @@ class SpeculativeSpec(_Strict):
 class SearchSpace(_Strict):
     branches: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
     speculative: list[Literal["none"] | SpeculativeSpec] = Field(default_factory=lambda: [NONE], min_length=1)
-    aggregator: list[Literal[AGGREGATORS]] = Field(default_factory=lambda: ["majority"], min_length=1)  # type: ignore[valid-type]
+    aggregator: list[AggregatorName] = Field(default_factory=lambda: ["majority"], min_length=1)
     # Outcome reward models that score each branch; `none` for rules that need no verifier.
     verifier: list[ModelName] = Field(default_factory=lambda: [NONE], min_length=1)
     # Optional dimensions; when absent, `sampling` fixes them.
@@ -125,10 +114,11 @@ class SearchSpace(_Strict):
     @model_validator(mode="after")
     def _pairable(self) -> SearchSpace:
         has_verifier = any(v != NONE for v in self.verifier)
-        if any(a in VERIFIER_AGGREGATORS for a in self.aggregator) and not has_verifier:
-            raise ValueError("best_of_n and weighted_best_of_n need a verifier; add one, e.g. verifier: [none, demo:verifier]")
-        if has_verifier and not any(a in VERIFIER_AGGREGATORS for a in self.aggregator):
-            raise ValueError("a verifier is only used by best_of_n or weighted_best_of_n; add one to aggregator")
+        verifier_rules = [name for name, rule in RULES.items() if rule.needs_verifier]
+        if any(a in verifier_rules for a in self.aggregator) and not has_verifier:
+            raise ValueError(f"{' and '.join(verifier_rules)} need a verifier; add one, e.g. verifier: [none, demo:verifier]")
+        if has_verifier and not any(a in verifier_rules for a in self.aggregator):
+            raise ValueError(f"a verifier is only used by {' or '.join(verifier_rules)}; add one to aggregator")
         return self
 
     def choices(self) -> dict[str, list[Any]]:
@@ -147,7 +137,7 @@ class SearchSpace(_Strict):
     @staticmethod
     def pairs(params: dict[str, Any]) -> bool:
         """Verifier rules go with a verifier and the others without one: nothing is scored in vain."""
-        return (params["aggregator"] in VERIFIER_AGGREGATORS) == (params["verifier"] != NONE)
+        return RULES[params["aggregator"]].needs_verifier == (params["verifier"] != NONE)
 
     def _speculative_options(self) -> list[tuple[str, dict[str, Any] | None]]:
         options: list[tuple[str, dict[str, Any] | None]] = []
@@ -182,13 +172,36 @@ class EngineSpec(_Strict):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU builds only
     enforce_eager: bool = False
 
+    def key_for(self, model: str, config: TTSConfig) -> EngineKey:
+        """The engine that generates `config`'s branches."""
+        return EngineKey(
+            model=model,
+            speculative_method=config.speculative_method,
+            draft_model=config.draft_model,
+            num_speculative_tokens=config.num_speculative_tokens,
+            dtype=self.dtype,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_model_len=self.max_model_len,
+        )
+
+    def verifier_key(self, verifier: str) -> EngineKey:
+        """The engine that scores branches with `verifier` (vLLM's pooling runner)."""
+        return EngineKey(verifier, None, None, None, self.dtype, self.tensor_parallel_size, self.max_model_len, "pooling")
+
 
 class AggregationSpec(_Strict):
-    window: int = Field(default=16, ge=1)  # weighted_min_window: sliding window, in tokens
-    tail: int = Field(default=32, ge=1)  # weighted_tail: last K tokens
+    """Parameters of the aggregation rules; their defaults live in the rule registry."""
+
+    window: int = Field(default=PARAMETER_DEFAULTS["window"], ge=1)  # weighted_min_window, in tokens
+    tail: int = Field(default=PARAMETER_DEFAULTS["tail"], ge=1)  # weighted_tail: last K tokens
 
 
 class StudySpec(_Strict):
+    # Fields that change what a measurement means: a study cannot change them once it has trials.
+    MEASUREMENT_FIELDS: ClassVar[tuple[str, ...]] = (
+        "hardware", "model", "benchmark", "sampling", "search_space", "aggregation", "engine", "concurrency", "seed",
+    )
+
     study: str = Field(min_length=1, pattern=r"^[\w.-]+$")
     hardware: str = Field(min_length=1, pattern=r"^[\w.-]+$")
     model: ModelName
@@ -197,8 +210,8 @@ class StudySpec(_Strict):
     search_space: SearchSpace
     aggregation: AggregationSpec = AggregationSpec()
     budgets_s: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
-    latency_statistic: Literal["mean", "p50", "p90", "p99"] = "mean"
-    sampler: Literal["nsga2", "tpe", "random", "grid"] = "nsga2"
+    latency_statistic: LatencyStatistic = "mean"
+    sampler: SamplerName = "nsga2"
     population_size: int = Field(default=8, ge=2)  # NSGA-II generation size
     n_trials: int = Field(default=24, ge=1)
     seed: int = 0
@@ -223,6 +236,27 @@ class StudySpec(_Strict):
     @classmethod
     def _sorted_budgets(cls, value: list[float]) -> list[float]:
         return sorted(set(value))
+
+    def check_resumable(self, stored: dict[str, Any] | None) -> None:
+        """Refuse to resume a study whose stored spec measured something else.
+
+        The stored spec is validated first, so fields added since it was written take their
+        defaults and do not count as changes.
+        """
+        if stored is None:
+            return
+        try:
+            before = StudySpec.model_validate(stored)
+        except ValidationError as exc:
+            where = _error_location(exc.errors()[0]["loc"])
+            raise SpecError(
+                f"study '{self.study}' was stored with a spec this version cannot read ({where}); pick a new `study:` name"
+            ) from None
+        for name in self.MEASUREMENT_FIELDS:
+            if getattr(before, name) != getattr(self, name):
+                raise SpecError(
+                    f"study '{self.study}' already exists with a different {name}; keep its spec or pick a new `study:` name"
+                )
 
     def config_from_params(self, params: dict[str, Any]) -> TTSConfig:
         """Turn one point of the search space (Optuna's params) into a TTS config."""

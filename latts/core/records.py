@@ -1,12 +1,30 @@
 """Plain records that cross module boundaries: configs, measurements, summaries.
 
 Workers produce them, storage persists them, everything that answers questions reads them.
+The lists of choices that several modules share (latency statistics, speculative methods, trial
+states) are spelled here once.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal, get_args
+
+LatencyStatistic = Literal["mean", "p50", "p90", "p99"]
+STATISTICS: tuple[LatencyStatistic, ...] = get_args(LatencyStatistic)
+
+SpeculativeMethod = Literal["ngram", "draft_model", "eagle", "eagle3", "mtp"]
+# Methods that need a second model: the draft, or the EAGLE head.
+METHODS_WITH_MODEL: tuple[SpeculativeMethod, ...] = ("draft_model", "eagle", "eagle3")
+
+
+class TrialState(StrEnum):
+    """Where a stored trial stands. A StrEnum, so it compares equal to its name and prints as it."""
+
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
 
 
 @dataclass(frozen=True)
@@ -15,13 +33,13 @@ class TTSConfig:
 
     branches: int
     aggregator: str
-    speculative_method: str | None = None  # None = no speculative decoding
+    temperature: float
+    top_p: float
+    max_tokens: int
+    speculative_method: SpeculativeMethod | None = None  # None = no speculative decoding
     draft_model: str | None = None
     num_speculative_tokens: int | None = None
     verifier: str | None = None
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_tokens: int = 96
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,6 +55,35 @@ class TTSConfig:
             spec = f"{self.speculative_method}(k={self.num_speculative_tokens})"
         verifier = f" +{self.verifier}" if self.verifier else ""
         return f"B={self.branches} {spec} {self.aggregator}{verifier}"
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """What needs its own engine; branches, aggregator and sampling change per request instead.
+
+    Built from a study's `engine:` settings by `EngineSpec.key_for` and `EngineSpec.verifier_key`.
+    """
+
+    model: str
+    speculative_method: str | None
+    draft_model: str | None
+    num_speculative_tokens: int | None
+    dtype: str
+    tensor_parallel_size: int
+    max_model_len: int | None
+    runner: str = "generate"  # "pooling" for a verifier (an outcome reward model)
+
+    def speculative_config(self) -> dict[str, Any] | None:
+        """vLLM's `speculative_config`, exactly as `vllm serve` takes it."""
+        if self.speculative_method is None:
+            return None
+        config: dict[str, Any] = {
+            "method": self.speculative_method,
+            "num_speculative_tokens": self.num_speculative_tokens,
+        }
+        if self.draft_model is not None:
+            config["model"] = self.draft_model
+        return config
 
 
 @dataclass(frozen=True)
@@ -81,7 +128,7 @@ class LatencyStats:
     p90: float
     p99: float
 
-    def get(self, statistic: str) -> float:
+    def get(self, statistic: LatencyStatistic) -> float:
         return getattr(self, statistic)
 
 
@@ -93,7 +140,7 @@ class TrialSummary:
     study: str
     number: int  # Optuna trial number
     config: TTSConfig
-    state: str  # RUNNING | COMPLETE | FAILED
+    state: TrialState
     hardware: str
     fail_reason: str | None = None
     accuracy: float | None = None
@@ -107,8 +154,3 @@ class TrialSummary:
     mean_acceptance_length: float | None = None
     worker: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["accuracy_ci"] = list(self.accuracy_ci) if self.accuracy_ci else None
-        return data

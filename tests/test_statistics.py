@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from latts.stats import latency_stats, mean_acceptance_length, wilson_interval
+from latts.core.statistics import latency_stats, mean_acceptance_length, wilson_interval
 
 Z = 1.959964
 

@@ -1,0 +1,74 @@
+"""The answers latts gives (studies, frontier, best) as typed documents: the CLI's `--json` output
+and the HTTP API's response models. One builder per answer, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from latts.core.records import LatencyStatistic, TrialSummary
+from latts.optimizer.frontier import best_within, pareto_front
+from latts.storage import Repository, StudyInfo
+
+
+class UnknownStudy(Exception):
+    def __init__(self, study: str) -> None:
+        super().__init__(f"no study named {study!r} in this storage")
+        self.study = study
+
+
+class MissingScope(Exception):
+    """Neither a study nor the full hardware/model/benchmark triple was given."""
+
+
+class StudiesDocument(BaseModel):
+    """Every study with its hardware, model, benchmark and trial counts by state."""
+
+    studies: list[StudyInfo]
+
+
+class FrontierDocument(BaseModel):
+    """A study's Pareto-optimal trials (accuracy up, latency down), fastest first."""
+
+    study: str
+    statistic: LatencyStatistic
+    frontier: list[TrialSummary]
+
+
+class BestDocument(BaseModel):
+    """The most accurate completed trial within the budget; `best` is null when none fits."""
+
+    budget_s: float = Field(gt=0)
+    statistic: LatencyStatistic
+    best: TrialSummary | None
+
+
+def study_trials(repo: Repository, study: str) -> list[TrialSummary]:
+    if repo.study(study) is None:
+        raise UnknownStudy(study)
+    return repo.trials(study)
+
+
+def scope_trials(
+    repo: Repository, study: str | None, hardware: str | None, model: str | None, benchmark: str | None
+) -> list[TrialSummary]:
+    """The trials a `best` question is about: one study's, or every study's for one hardware/model/benchmark."""
+    if study is not None:
+        return study_trials(repo, study)
+    if hardware and model and benchmark:
+        return repo.trials(hardware=hardware, model=model, benchmark=benchmark)
+    raise MissingScope("give a study, or all of hardware, model and benchmark")
+
+
+def studies_document(studies: Sequence[StudyInfo]) -> StudiesDocument:
+    return StudiesDocument(studies=list(studies))
+
+
+def frontier_document(study: str, trials: Sequence[TrialSummary], statistic: LatencyStatistic) -> FrontierDocument:
+    return FrontierDocument(study=study, statistic=statistic, frontier=pareto_front(trials, statistic))
+
+
+def best_document(trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic) -> BestDocument:
+    return BestDocument(budget_s=budget_s, statistic=statistic, best=best_within(trials, budget_s, statistic))
