@@ -148,7 +148,7 @@ def test_openapi_schema(hand):
     assert {"/healthz", "/v1/studies", "/v1/frontier", "/v1/best"} <= set(schema["paths"])
     params = {p["name"]: p for p in schema["paths"]["/v1/best"]["get"]["parameters"]}
     assert params["budget_s"]["required"] and params["budget_s"]["schema"]["exclusiveMinimum"] == 0
-    assert set(params) == {"budget_s", "study", "hardware", "model", "benchmark", "statistic"}
+    assert set(params) == {"budget_s", "study", "hardware", "model", "benchmark", "statistic", "include_lossy"}
     # Every answer is documented: a named schema for each success, and for the no-fit 404 of /v1/best.
     answers = {path: ops["get"]["responses"]["200"]["content"]["application/json"]["schema"] for path, ops in schema["paths"].items()}
     assert answers == {

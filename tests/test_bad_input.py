@@ -55,6 +55,10 @@ CASES = {
         _with("search_space.speculative", [{"method": "draft_model", "num_speculative_tokens": [2]}]),
         ["search_space.speculative[0]", "needs model"],
     ),
+    "speculation without a baseline": (
+        _with("search_space.speculative", [{"method": "ngram", "num_speculative_tokens": [2]}]),
+        ["search_space.speculative", "add none"],
+    ),
     "branches below one": (_with("search_space.branches", [0, 4]), ["search_space.branches[0]", "greater than or equal to 1"]),
     "missing field": (_with("model", _DELETE), ["model", "missing"]),
     "negative temperature": (_with("sampling", {"temperature": -0.5}), ["sampling.temperature"]),

@@ -51,3 +51,17 @@ def test_best_within_budget():
 def test_failed_and_running_trials_never_count():
     assert best_within([trial(6, None, None, state="FAILED")], 100) is None
     assert pareto_front([trial(6, None, None, state="RUNNING")]) == []
+
+
+def test_lossy_speculation_stays_out_unless_asked_for():
+    from dataclasses import replace
+
+    from latts.core.records import Losslessness
+
+    fast_and_wrong = replace(trial(7, 0.95, 0.1), lossless=Losslessness("lossy", 1e-4, 0))
+    honest = replace(trial(8, 0.60, 0.3), lossless=Losslessness("lossless", 0.4, 0))
+    trials = [*TRIALS, fast_and_wrong, honest]
+    assert [t.number for t in pareto_front(trials)] == [0, 8, 3, 5]
+    assert best_within(trials, 0.2).number == 0
+    assert [t.number for t in pareto_front(trials, include_lossy=True)] == [7]
+    assert best_within(trials, 0.2, include_lossy=True).number == 7

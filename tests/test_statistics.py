@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from latts.core.statistics import latency_stats, mean_acceptance_length, wilson_interval
+from latts.core.statistics import answer_shift_p_value, latency_stats, mean_acceptance_length, wilson_interval
 
 Z = 1.959964
 
@@ -60,3 +60,40 @@ def test_mean_acceptance_length():
     assert mean_acceptance_length(10, 0) == 1.0
     assert mean_acceptance_length(0, 0) is None
     assert mean_acceptance_length(None, None) is None
+
+
+def _answers(rng: random.Random, p_right: float, n: int) -> list[str | None]:
+    """n branch answers: the right one with probability p_right, else a wrong one or none at all."""
+    return ["42" if rng.random() < p_right else rng.choice(["41", "43", "7", None]) for _ in range(n)]
+
+
+def _study(rng: random.Random, shift: float) -> tuple[list, list]:
+    """24 problems of varied difficulty: 8 baseline branches, 4 candidate branches with accuracy scaled by `shift`."""
+    difficulty = [rng.uniform(0.2, 0.9) for _ in range(24)]
+    return [_answers(rng, p, 8) for p in difficulty], [_answers(rng, p * shift, 4) for p in difficulty]
+
+
+def test_answer_shift_passes_honest_samples_at_the_documented_rate():
+    from latts.optimizer.losslessness import LOSSY_BELOW_P
+
+    rng = random.Random(0)
+    p_values = [answer_shift_p_value(*_study(rng, 1.0), permutations=999, seed=i) for i in range(200)]
+    flagged = sum(p < LOSSY_BELOW_P for p in p_values)
+    # 1% of 200 is 2; Binomial(200, 0.01) exceeds 7 with probability < 0.001.
+    assert flagged <= 7, flagged
+    # And the p-values are spread as a valid test's are: about half below 0.5.
+    assert 70 <= sum(p < 0.5 for p in p_values) <= 130
+
+
+def test_answer_shift_flags_a_corrupted_distribution():
+    rng = random.Random(1)
+    p_values = [answer_shift_p_value(*_study(rng, 0.3), permutations=999, seed=i) for i in range(20)]
+    assert max(p_values) < 0.01, p_values
+
+
+def test_answer_shift_edge_cases():
+    same = [["1", "1"], ["2", "2"]]
+    assert answer_shift_p_value(same, same) == 1.0  # nothing differs under any permutation
+    assert answer_shift_p_value([["1"] * 8], [["2"] * 8], permutations=99) == pytest.approx(1 / 100)
+    with pytest.raises(ValueError, match="same problems"):
+        answer_shift_p_value([["1"]], [["1"], ["2"]])

@@ -110,6 +110,23 @@ def test_fail_trial_records_reason_and_no_numbers(repo):
         repo.trial(trial_id + 1000)
 
 
+def test_losslessness_verdicts(repo):
+    from latts.core.records import Losslessness
+
+    setup_study(repo)
+    baseline = repo.start_trial("s1", 0, config(4))
+    repo.finish_trial(baseline, make_result([0.1], [True]))
+    speculative = repo.start_trial("s1", 1, CONFIG)
+    assert repo.trial(speculative).lossless == Losslessness("untested")  # speculative, running
+    repo.finish_trial(speculative, make_result([0.1], [True], vllm_cpu_fix="applied"))
+    assert repo.trial(baseline).lossless is None  # nothing to check without speculation
+    summary = repo.record_losslessness(speculative, Losslessness("lossy", 0.0002, 0))
+    assert summary.lossless == Losslessness("lossy", 0.0002, 0) and summary.lossy
+    assert repo.trial(speculative).vllm_cpu_fix == "applied"
+    with pytest.raises(StorageError, match="completed speculative"):
+        repo.record_losslessness(baseline, Losslessness("lossless", 0.5, 0))
+
+
 def test_a_resumed_study_keeps_its_newest_spec(repo):
     """plot and export read the stored spec: a resume with new budgets must not leave the old ones there."""
     setup_study(repo)

@@ -32,6 +32,9 @@ StorageOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="one JSON document on stdout")]
 StatisticOption = Annotated[str, typer.Option("--statistic", help="latency statistic: mean, p50, p90 or p99")]
+IncludeLossyOption = Annotated[
+    bool, typer.Option("--include-lossy", help="also consider speculative trials whose answers differ from no speculation")
+]
 
 
 class UsageError(Exception):
@@ -108,6 +111,12 @@ def tune(
     for t in trials:
         if t.state == TrialState.FAILED and t.fail_reason != INTERRUPTED:
             err.print(f"trial {t.number} ({t.config.label()}) failed: {t.fail_reason}", markup=False)
+        elif t.lossy:
+            err.print(
+                f"trial {t.number} ({t.config.label()}) is lossy: its answers differ from trial {t.lossless.baseline_trial} "
+                f"without speculation (p={t.lossless.p_value:.2g}); kept out of the frontier and best",
+                markup=False,
+            )
     out.print(trials_table(f"Frontier of {spec.study}", pareto_front(trials, spec.latency_statistic), spec.latency_statistic))
     out.print(best_table(state.best, spec.latency_statistic))
 
@@ -147,13 +156,15 @@ def frontier(
     study: Annotated[str, typer.Option("--study")],
     storage: StorageOption = None,
     statistic: StatisticOption = "mean",
+    include_lossy: IncludeLossyOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """The Pareto-optimal trials: no other trial is both more accurate and faster."""
     from latts.reporting.documents import frontier_document, study_trials
 
     _check_statistic(statistic)
-    document = frontier_document(study, study_trials(Repository(storage_url(storage)), study), statistic)
+    trials = study_trials(Repository(storage_url(storage)), study)
+    document = frontier_document(study, trials, statistic, include_lossy)
     if as_json:
         _print_json(document)
     else:
@@ -170,6 +181,7 @@ def best(
     benchmark: Annotated[str | None, typer.Option("--benchmark")] = None,
     storage: StorageOption = None,
     statistic: StatisticOption = "mean",
+    include_lossy: IncludeLossyOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """The most accurate config within the budget; exit code 3 when none fits."""
@@ -178,7 +190,7 @@ def best(
     _check_budget(budget)
     _check_statistic(statistic)
     trials = scope_trials(Repository(storage_url(storage)), study, hardware, model, benchmark)
-    document = best_document(trials, budget, statistic)
+    document = best_document(trials, budget, statistic, include_lossy)
     if as_json:
         _print_json(document)
     elif document.best:
@@ -214,6 +226,7 @@ def export_command(
     output: Annotated[str | None, typer.Option("-o", "--output", help="file to write; default stdout")] = None,
     storage: StorageOption = None,
     statistic: Annotated[str | None, typer.Option("--statistic", help="mean, p50, p90 or p99; default the study's own")] = None,
+    include_lossy: IncludeLossyOption = False,
 ) -> None:
     """Serving config for the most accurate config within the budget; exit code 3 when none fits."""
     from latts.optimizer.frontier import best_within
@@ -228,7 +241,7 @@ def export_command(
         _check_statistic(statistic)
     spec, trials = _study_spec_and_trials(Repository(storage_url(storage)), study)
     statistic = statistic or spec.get("latency_statistic", "mean")
-    chosen = best_within(trials, budget, statistic)
+    chosen = best_within(trials, budget, statistic, include_lossy)
     if chosen is None:
         err.print(f"no completed trial of {study} fits {budget:g} s ({statistic} latency); nothing exported")
         raise typer.Exit(EXIT_NO_FIT)

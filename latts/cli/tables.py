@@ -21,6 +21,7 @@ def trials_table(title: str, trials: list[TrialSummary], statistic: LatencyStati
     for stat in STATISTICS:
         table.add_column(f"{stat} s" + (" *" if stat == statistic else ""), justify="right")
     table.add_column("accept len", justify="right")
+    table.add_column("lossless", justify="left")
     for t in trials:
         c = t.config
         speculative = f"{c.speculative_method} k={c.num_speculative_tokens}" if c.speculative_method else "none"
@@ -34,8 +35,19 @@ def trials_table(title: str, trials: list[TrialSummary], statistic: LatencyStati
             f"{t.accuracy:.1%} ({lo:.0%}-{hi:.0%})",
             *(seconds(t.latency_s.get(s)) for s in STATISTICS),
             f"{t.mean_acceptance_length:.2f}" if t.mean_acceptance_length else "-",
+            _lossless(t),
         )
     return table
+
+
+def _lossless(trial: TrialSummary) -> str:
+    """The answer-shift test of a speculative trial against its baseline without speculation."""
+    if trial.lossless is None:
+        return "-"
+    if trial.lossless.verdict == "untested":
+        return "untested"
+    word = "LOSSY" if trial.lossless.verdict == "lossy" else "yes"
+    return f"{word} (p={trial.lossless.p_value:.2g} vs #{trial.lossless.baseline_trial})"
 
 
 def best_table(bests: dict[float, TrialSummary | None], statistic: LatencyStatistic) -> Table:

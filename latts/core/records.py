@@ -19,6 +19,11 @@ SpeculativeMethod = Literal["ngram", "draft_model", "eagle", "eagle3", "mtp"]
 METHODS_WITH_MODEL: tuple[SpeculativeMethod, ...] = ("draft_model", "eagle", "eagle3")
 
 
+LosslessVerdict = Literal["lossless", "lossy", "untested"]
+# What latts did to the CPU build's speculative sampling in a trial's engine (latts.workers.vllm_cpu_fix).
+CpuFixVerdict = Literal["applied", "not-needed", "off"]
+
+
 class TrialState(StrEnum):
     """Where a stored trial stands. A StrEnum, so it compares equal to its name and prints as it."""
 
@@ -119,6 +124,16 @@ class TrialResult:
     drafted_tokens: int | None = None  # speculative decoding counters, from the engine
     accepted_tokens: int | None = None
     num_drafts: int | None = None
+    vllm_cpu_fix: CpuFixVerdict | None = None
+
+
+@dataclass(frozen=True)
+class Losslessness:
+    """Whether a speculative trial sampled the same answers as the same sampling without speculation."""
+
+    verdict: LosslessVerdict
+    p_value: float | None = None  # of the answer-shift test (latts.core.statistics.answer_shift_p_value)
+    baseline_trial: int | None = None  # number of the trial without speculation it was tested against
 
 
 @dataclass(frozen=True)
@@ -152,5 +167,11 @@ class TrialSummary:
     drafted_tokens: int | None = None
     accepted_tokens: int | None = None
     mean_acceptance_length: float | None = None
+    lossless: Losslessness | None = None  # None for trials without speculation: nothing to check
+    vllm_cpu_fix: CpuFixVerdict | None = None
     worker: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lossy(self) -> bool:
+        return self.lossless is not None and self.lossless.verdict == "lossy"

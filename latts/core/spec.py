@@ -5,6 +5,7 @@ Validated once, up front, so that a bad spec costs one line of error and no data
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -111,6 +112,15 @@ class SearchSpace(_Strict):
     def _verifiers_exist(cls, value: list[str]) -> list[str]:
         return [v if v == NONE else check_model_name(v) for v in value]
 
+    @field_validator("speculative")
+    @classmethod
+    def _baseline_for_speculation(cls, value: list[Any]) -> list[Any]:
+        if NONE not in value and value:
+            raise ValueError(
+                "add none: every speculative config is checked against the same sampling without speculation"
+            )
+        return value
+
     @model_validator(mode="after")
     def _pairable(self) -> SearchSpace:
         has_verifier = any(v != NONE for v in self.verifier)
@@ -154,6 +164,25 @@ class SearchSpace(_Strict):
 
     def speculative_option(self, label: str) -> dict[str, Any] | None:
         return dict(self._speculative_options())[label]
+
+    def baselines(self) -> list[dict[str, Any]]:
+        """The params without speculation, one per sampling setting, that speculative configs are tested against.
+
+        Most branches: the largest sample per problem for the test (and a frontier candidate anyway).
+        Empty when the space holds no speculation.
+        """
+        choices = self.choices()
+        if choices["speculative"] == [NONE]:
+            return []
+        sampling = {name: choices[name] for name in ("temperature", "top_p") if name in choices}
+        pair = next(
+            {"aggregator": a, "verifier": v}
+            for a in choices["aggregator"]
+            for v in choices["verifier"]
+            if self.pairs({"aggregator": a, "verifier": v})
+        )
+        base = {"branches": max(choices["branches"]), "speculative": NONE, **pair}
+        return [{**base, **dict(zip(sampling, point))} for point in itertools.product(*sampling.values())]
 
 
 class WorkersSpec(_Strict):

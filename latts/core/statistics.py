@@ -40,3 +40,47 @@ def mean_acceptance_length(num_drafts: int | None, accepted_tokens: int | None) 
         return None
     return 1 + accepted_tokens / num_drafts
 
+
+
+def answer_shift_p_value(
+    baseline: Sequence[Sequence[str | None]],
+    candidate: Sequence[Sequence[str | None]],
+    permutations: int = 4999,
+    seed: int = 0,
+) -> float:
+    """p-value that `candidate`'s answers come from the same distribution as `baseline`'s.
+
+    Both hold one list of branch answers per problem (None: no answer), problems in the same
+    order. The statistic is the sum over problems of the total variation distance between the two
+    answer distributions; its null distribution comes from permuting the pooled answers of each
+    problem between the two groups (exact under the null, since the branches of a problem are
+    exchangeable then), so the false-alarm rate at level a is a. The p-value is (1 + #{permuted >=
+    observed}) / (1 + permutations), never 0.
+    """
+    if len(baseline) != len(candidate):
+        raise ValueError(f"baseline has {len(baseline)} problems, candidate {len(candidate)}; give the same problems")
+    rng = np.random.default_rng(seed)
+    observed = 0.0
+    permuted = np.zeros(permutations)
+    for base, cand in zip(baseline, candidate, strict=True):
+        n_base, n_cand = len(base), len(cand)
+        if not n_base or not n_cand:
+            continue
+        pooled = list(base) + list(cand)
+        labels = {answer: k for k, answer in enumerate(dict.fromkeys(pooled))}
+        if len(labels) == 1:  # every branch gave the same answer: no distance, under any permutation
+            continue
+        onehot = np.eye(len(labels))[[labels[a] for a in pooled]]  # (n_base + n_cand, categories)
+        observed += _tvd(onehot[:n_base].sum(0), onehot[n_base:].sum(0), n_base, n_cand)
+        # Each row a random split of the pooled branches: the first n_base go to the baseline.
+        order = rng.random((permutations, len(pooled))).argsort(axis=1)
+        in_base = np.zeros((permutations, len(pooled)))
+        np.put_along_axis(in_base, order[:, :n_base], 1.0, axis=1)
+        base_counts = in_base @ onehot
+        permuted += _tvd(base_counts, onehot.sum(0) - base_counts, n_base, n_cand)
+    return float((1 + np.count_nonzero(permuted >= observed - 1e-12)) / (1 + permutations))
+
+
+def _tvd(counts_a: np.ndarray, counts_b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
+    """Total variation distance between two count vectors (along the last axis)."""
+    return 0.5 * np.abs(counts_a / n_a - counts_b / n_b).sum(axis=-1)

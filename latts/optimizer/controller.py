@@ -22,6 +22,7 @@ from optuna.trial import TrialState as OptunaState
 from latts.core.records import TrialState, TrialSummary, TTSConfig
 from latts.core.spec import SearchSpace, SpecError, StudySpec
 from latts.optimizer.frontier import best_within
+from latts.optimizer.losslessness import check_untested
 from latts.problems import load_problems
 from latts.storage import Repository
 from latts.workers import hardware
@@ -99,9 +100,14 @@ class Controller:
                 sampler=make_sampler(spec),
                 load_if_exists=True,
             )
-            if spec.sampler == "grid" and not study.trials:
+            fresh = not study.trials
+            # Baselines first: every speculative config is tested against one (latts.optimizer.losslessness).
+            for params in spec.search_space.baselines():
+                study.enqueue_trial(params, skip_if_exists=True)
+            if spec.sampler == "grid" and fresh:
                 self._enqueue_grid(study)
             self._recover_interrupted(study)
+            check_untested(self.repo, spec.study, spec.seed)  # a killed controller may have left some
             self._loop(study, pool, on_update)
         finally:
             pool.shutdown()
@@ -112,7 +118,7 @@ class Controller:
         for point in itertools.product(*choices.values()):
             params = dict(zip(choices, point))
             if SearchSpace.pairs(params):
-                study.enqueue_trial(params)
+                study.enqueue_trial(params, skip_if_exists=True)
 
     def _recover_interrupted(self, study: optuna.Study) -> None:
         """Trials a killed controller left running: failed in both stores, their configs queued again."""
@@ -128,7 +134,7 @@ class Controller:
         measured = {config_key(t.config): t for t in finished}
         state.done = state.initial_done = len(finished)
         state.failed = sum(t.state == TrialState.FAILED for t in finished)
-        self._update_best(finished)
+        self._update_best()
         pending: dict[int, tuple[optuna.Trial, TTSConfig]] = {}
         waiting: dict[str, list[optuna.Trial]] = {}  # asked again while the same config is in flight
         repeats = 0
@@ -161,7 +167,10 @@ class Controller:
             for result in pool.wait(timeout_s=1.0):
                 trial, config = pending.pop(result.trial_id)
                 if result.result is not None:
-                    summary = self.repo.finish_trial(result.trial_id, result.result)
+                    self.repo.finish_trial(result.trial_id, result.result)
+                    # This trial, or the speculative ones that waited for it as their baseline.
+                    check_untested(self.repo, spec.study, spec.seed)
+                    summary = self.repo.trial(result.trial_id)
                 else:
                     summary = self.repo.fail_trial(result.trial_id, result.error or "unknown error")
                     state.failed += 1
@@ -170,22 +179,22 @@ class Controller:
                 for same in [trial, *waiting.pop(key, [])]:
                     self._tell(study, same, summary)
                 state.done += 1
-                self._update_best([summary])
+                self._update_best()
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, summary: TrialSummary) -> None:
         if summary.state != TrialState.COMPLETE:
             study.tell(trial, state=OptunaState.FAIL)
             return
         latency = _statistic(self.spec, summary)
-        # Feasible iff within the largest budget (Optuna: constraint values <= 0 are satisfied).
+        # Feasible iff within the largest budget and not lossy (Optuna: constraint values <= 0 are satisfied).
         trial.set_constraint("latency_over_largest_budget_s", latency - max(self.spec.budgets_s))
+        trial.set_constraint("lossy", float(summary.lossy))
         study.tell(trial, [summary.accuracy, latency])
 
-    def _update_best(self, summaries: list[TrialSummary]) -> None:
-        for budget in self.spec.budgets_s:
-            current = self.state.best.get(budget)
-            candidates = [t for t in [current, *summaries] if t is not None]
-            self.state.best[budget] = best_within(candidates, budget, self.spec.latency_statistic)
+    def _update_best(self) -> None:
+        # From storage: a verdict that arrives later (a baseline finishing) can take a trial out.
+        trials = self.repo.trials(self.spec.study)
+        self.state.best = {b: best_within(trials, b, self.spec.latency_statistic) for b in self.spec.budgets_s}
 
 
 def _init_ray(address: str | None, spec: StudySpec) -> None:

@@ -27,6 +27,7 @@ from latts.storage import Repository, StorageError
 
 Statistic = Annotated[LatencyStatistic, Query(description="latency statistic the budget applies to")]
 StudyName = Annotated[str, Query(min_length=1, description="study name, as `GET /v1/studies` lists them")]
+IncludeLossy = Annotated[bool, Query(description="also consider speculative trials whose answers differ from no speculation")]
 
 
 class ErrorDocument(BaseModel):
@@ -131,9 +132,11 @@ def create_app(storage_url: str) -> FastAPI:
         return documents.studies_document(repo.studies())
 
     @app.get("/v1/frontier", responses={404: _UNKNOWN_STUDY, **_ERRORS})
-    def frontier(repo: Repo, study: StudyName, statistic: Statistic = "mean") -> FrontierDocument:
+    def frontier(
+        repo: Repo, study: StudyName, statistic: Statistic = "mean", include_lossy: IncludeLossy = False
+    ) -> FrontierDocument:
         """The study's Pareto-optimal trials, fastest first (as `latts frontier --json`)."""
-        return documents.frontier_document(study, documents.study_trials(repo, study), statistic)
+        return documents.frontier_document(study, documents.study_trials(repo, study), statistic, include_lossy)
 
     @app.get(
         "/v1/best",
@@ -151,11 +154,12 @@ def create_app(storage_url: str) -> FastAPI:
         model: Annotated[str | None, Query(min_length=1)] = None,
         benchmark: Annotated[str | None, Query(min_length=1)] = None,
         statistic: Statistic = "mean",
+        include_lossy: IncludeLossy = False,
     ) -> Any:
         """The most accurate config within the budget, of one study or of every study for one
         hardware/model/benchmark (as `latts best --json`)."""
         trials = documents.scope_trials(repo, study, hardware, model, benchmark)
-        document = documents.best_document(trials, budget_s, statistic)
+        document = documents.best_document(trials, budget_s, statistic, include_lossy)
         if document.best is None:
             detail = f"no completed trial fits {budget_s:g} s ({statistic} latency)"
             no_fit = NoFitDocument(**dict(document), detail=detail)

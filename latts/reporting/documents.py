@@ -34,6 +34,7 @@ class FrontierDocument(BaseModel):
 
     study: str
     statistic: LatencyStatistic
+    include_lossy: bool  # whether speculative trials found lossy may be on it
     frontier: list[TrialSummary]
 
 
@@ -42,6 +43,7 @@ class BestDocument(BaseModel):
 
     budget_s: float = Field(gt=0)
     statistic: LatencyStatistic
+    include_lossy: bool
     best: TrialSummary | None
 
 
@@ -66,9 +68,15 @@ def studies_document(studies: Sequence[StudyInfo]) -> StudiesDocument:
     return StudiesDocument(studies=list(studies))
 
 
-def frontier_document(study: str, trials: Sequence[TrialSummary], statistic: LatencyStatistic) -> FrontierDocument:
-    return FrontierDocument(study=study, statistic=statistic, frontier=pareto_front(trials, statistic))
+def frontier_document(
+    study: str, trials: Sequence[TrialSummary], statistic: LatencyStatistic, include_lossy: bool = False
+) -> FrontierDocument:
+    front = pareto_front(trials, statistic, include_lossy)
+    return FrontierDocument(study=study, statistic=statistic, include_lossy=include_lossy, frontier=front)
 
 
-def best_document(trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic) -> BestDocument:
-    return BestDocument(budget_s=budget_s, statistic=statistic, best=best_within(trials, budget_s, statistic))
+def best_document(
+    trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic, include_lossy: bool = False
+) -> BestDocument:
+    best = best_within(trials, budget_s, statistic, include_lossy)
+    return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best)

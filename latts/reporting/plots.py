@@ -2,6 +2,7 @@
 
 Every measured trial is a point (colour = speculative method, size = branches), the Pareto
 frontier a step line, each budget a vertical line with the config chosen for it annotated.
+Speculative trials found lossy are hollow red rings, kept off the frontier and the choices.
 Failed trials have no latency, so they sit apart in a strip of grey crosses below the chart.
 """
 
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # both libraries load only when a plot of their kind is drawn
 FORMATS = (".png", ".html")
 PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
 FAILED_COLOUR = "#8c8c8c"
+LOSSY_COLOUR = "#d62728"
+LOSSY_LABEL = "lossy speculation (kept out)"
 
 
 class PlotError(Exception):
@@ -69,8 +72,10 @@ def plot_study(
     return path
 
 
-def _split(trials: Sequence[TrialSummary]) -> tuple[list[TrialSummary], list[TrialSummary]]:
-    return completed(trials), [t for t in trials if t.state == TrialState.FAILED]
+def _split(trials: Sequence[TrialSummary]) -> tuple[list[TrialSummary], list[TrialSummary], list[TrialSummary]]:
+    """Measured trials that count, lossy ones, failed ones."""
+    lossy = [t for t in completed(trials, include_lossy=True) if t.lossy]
+    return completed(trials), lossy, [t for t in trials if t.state == TrialState.FAILED]
 
 
 def _methods(measured: Sequence[TrialSummary]) -> dict[str, str]:
@@ -83,7 +88,7 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
     from matplotlib.ticker import FuncFormatter
 
-    measured, failed = _split(trials)
+    measured, lossy, failed = _split(trials)
     fig = Figure(figsize=(10, 6.5), layout="constrained")
     ax, strip = fig.subplots(2, 1, gridspec_kw={"height_ratios": [6, 1]})
     colours = _methods(measured)
@@ -97,6 +102,17 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
             alpha=0.75,
             edgecolors="white",
             label=f"speculative: {method}",
+            zorder=3,
+        )
+    if lossy:
+        ax.scatter(
+            [t.latency_s.get(statistic) for t in lossy],
+            [t.accuracy for t in lossy],
+            s=[_marker_size(t.config.branches) for t in lossy],
+            facecolors="none",
+            edgecolors=LOSSY_COLOUR,
+            linewidths=1.5,
+            label=LOSSY_LABEL,
             zorder=3,
         )
     front = pareto_front(measured, statistic)
@@ -114,10 +130,10 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
     chosen_per_budget = _chosen(measured, budgets, statistic)
     for budget, _ in chosen_per_budget:
         ax.axvline(budget, color="#555555", linestyle="--", linewidth=1, zorder=1)
-    if measured or budgets:
+    if measured or lossy or budgets:
         ax.set_xscale("log")  # latencies and budgets span orders of magnitude
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))  # 0.1, not 10^-1
-    lo, hi = (math.log(x) for x in ax.get_xlim()) if measured or budgets else (0.0, 1.0)
+    lo, hi = (math.log(x) for x in ax.get_xlim()) if measured or lossy or budgets else (0.0, 1.0)
     for i, (budget, chosen) in enumerate(chosen_per_budget):
         x, y = (chosen.latency_s.get(statistic), chosen.accuracy) if chosen else (budget, 0.02)
         left = (math.log(x) - lo) / (hi - lo) > 0.6  # labels of points on the right go leftwards, inside the axes
@@ -139,7 +155,7 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
     ax.grid(True, which="major", alpha=0.3)
     for branches in sorted({t.config.branches for t in measured}):
         ax.scatter([], [], s=_marker_size(branches), c="white", edgecolors="black", label=f"B={branches} branches")
-    if measured:
+    if measured or lossy:
         ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
 
     strip.set_yticks([])
@@ -158,7 +174,7 @@ def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], stat
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    measured, failed = _split(trials)
+    measured, lossy, failed = _split(trials)
     fig = make_subplots(rows=2, cols=1, row_heights=[0.85, 0.15], vertical_spacing=0.08)
     for method, colour in _methods(measured).items():
         group = [t for t in measured if _method(t) == method]
@@ -171,6 +187,24 @@ def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], stat
                 # plotly sizes are diameters; the square root keeps area proportional as in the PNG.
                 marker={"color": colour, "size": [math.sqrt(_marker_size(t.config.branches)) * 1.3 for t in group]},
                 text=[_hover(t, statistic) for t in group],
+                hoverinfo="text",
+            ),
+            row=1,
+            col=1,
+        )
+    if lossy:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.latency_s.get(statistic) for t in lossy],
+                y=[t.accuracy for t in lossy],
+                mode="markers",
+                name=LOSSY_LABEL,
+                marker={
+                    "color": "rgba(0,0,0,0)",
+                    "line": {"color": LOSSY_COLOUR, "width": 2},
+                    "size": [math.sqrt(_marker_size(t.config.branches)) * 1.3 for t in lossy],
+                },
+                text=[f"{_hover(t, statistic)} (lossy: p={t.lossless.p_value:.2g})" for t in lossy],
                 hoverinfo="text",
             ),
             row=1,

@@ -7,7 +7,7 @@ in the same database. Types are portable between SQLite and PostgreSQL.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import (
     JSON,
@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from latts.core.records import TrialState
+from latts.core.records import LosslessVerdict, TrialState
 
 NAME_LENGTH = 512
 
@@ -79,6 +79,10 @@ class Trial(Base):
             name="ck_latts_trials_state",
         ),
         CheckConstraint("accuracy IS NULL OR (accuracy >= 0 AND accuracy <= 1)", name="ck_latts_trials_accuracy"),
+        CheckConstraint(
+            "lossless_verdict IS NULL OR lossless_verdict IN ({})".format(", ".join(f"'{v}'" for v in get_args(LosslessVerdict))),
+            name="ck_latts_trials_lossless_verdict",
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -100,6 +104,11 @@ class Trial(Base):
     drafted_tokens: Mapped[int | None]
     accepted_tokens: Mapped[int | None]
     num_drafts: Mapped[int | None]
+    # Speculative trials: their answer-shift test against a trial without speculation (NULL: none).
+    lossless_verdict: Mapped[str | None] = mapped_column(String(16))
+    lossless_p_value: Mapped[float | None]
+    lossless_baseline: Mapped[int | None]  # the baseline's trial number in the same study
+    vllm_cpu_fix: Mapped[str | None] = mapped_column(String(16))
     worker: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]

@@ -23,7 +23,16 @@ from sqlalchemy.orm import Session
 
 from latts.core import statistics
 from latts.core.errors import first_line
-from latts.core.records import Branch, LatencyStats, ProblemResult, TrialResult, TrialState, TrialSummary, TTSConfig
+from latts.core.records import (
+    Branch,
+    LatencyStats,
+    Losslessness,
+    ProblemResult,
+    TrialResult,
+    TrialState,
+    TrialSummary,
+    TTSConfig,
+)
 from latts.storage.models import Base, Hardware, ProblemResultRow, Study, Trial, utcnow
 
 # Writers wait this long for each other (and for Optuna's writes to the same SQLite file).
@@ -113,6 +122,8 @@ def _summary(trial: Trial, study: str, hardware: str) -> TrialSummary:
         drafted_tokens=trial.drafted_tokens,
         accepted_tokens=trial.accepted_tokens,
         mean_acceptance_length=statistics.mean_acceptance_length(trial.num_drafts, trial.accepted_tokens),
+        lossless=_losslessness(trial),
+        vllm_cpu_fix=trial.vllm_cpu_fix,  # type: ignore[arg-type]
         worker=trial.worker,
         extra={
             "num_drafts": trial.num_drafts,
@@ -120,6 +131,14 @@ def _summary(trial: Trial, study: str, hardware: str) -> TrialSummary:
             "finished_at": trial.finished_at.isoformat() if trial.finished_at else None,
         },
     )
+
+
+def _losslessness(trial: Trial) -> Losslessness | None:
+    if trial.config.get("speculative_method") is None:
+        return None
+    if trial.lossless_verdict is None:
+        return Losslessness("untested")
+    return Losslessness(trial.lossless_verdict, trial.lossless_p_value, trial.lossless_baseline)  # type: ignore[arg-type]
 
 
 def _summary_query() -> Select[tuple[Trial, str, str]]:
@@ -271,6 +290,7 @@ class Repository:
                 trial.drafted_tokens = result.drafted_tokens
                 trial.accepted_tokens = result.accepted_tokens
                 trial.num_drafts = result.num_drafts
+                trial.vllm_cpu_fix = result.vllm_cpu_fix
                 trial.worker = result.worker
                 trial.finished_at = utcnow()
                 s.flush()
@@ -288,6 +308,17 @@ class Repository:
             trial.fail_reason = reason
             trial.finished_at = utcnow()
         return self.trial(trial_id)
+
+    def record_losslessness(self, trial_id: int, verdict: Losslessness) -> TrialSummary:
+        """Store a completed speculative trial's answer-shift test against its baseline."""
+        with self._transaction() as s:
+            trial = s.scalar(select(Trial).where(Trial.id == trial_id).with_for_update())
+            if trial is None or trial.state != TrialState.COMPLETE or trial.config.get("speculative_method") is None:
+                raise StorageError(f"trial id {trial_id} is not a completed speculative trial; only those are tested")
+            trial.lossless_verdict = verdict.verdict
+            trial.lossless_p_value = verdict.p_value
+            trial.lossless_baseline = verdict.baseline_trial
+            return self._trial(s, trial_id)
 
     def trial(self, trial_id: int) -> TrialSummary:
         with self._transaction() as s:

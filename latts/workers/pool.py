@@ -47,6 +47,7 @@ class EngineWorker:
             raise TrialFailed(_reason(exc)) from None
 
     def _run_trial(self, config: TTSConfig, key: EngineKey) -> TrialResult:
+        from latts.workers import vllm_cpu_fix  # torch: on workers only
         engine, started = self.cache.get(key)
         engine_start_s = engine.start_s if started else 0.0
         verifier = None
@@ -104,6 +105,8 @@ class EngineWorker:
             drafted_tokens=counters["drafted_tokens"] if speculative else None,
             accepted_tokens=counters["accepted_tokens"] if speculative else None,
             num_drafts=counters["num_drafts"] if speculative else None,
+            # vLLM ran the plugin in each of its processes already; this reads the same verdict.
+            vllm_cpu_fix=vllm_cpu_fix.apply(),
         )
 
 
@@ -120,8 +123,9 @@ def worker_env(spec: StudySpec, index: int) -> dict[str, str]:
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         "TOKENIZERS_PARALLELISM": "false",
     }
-    if "LATTS_CACHE_DIR" in os.environ:
-        env["LATTS_CACHE_DIR"] = os.environ["LATTS_CACHE_DIR"]
+    for name in ("LATTS_CACHE_DIR", "LATTS_VLLM_CPU_FIX"):  # where demo models live; the CPU fix's switch
+        if name in os.environ:
+            env[name] = os.environ[name]
     cores = sorted(os.sched_getaffinity(0))
     if spec.workers.gpus_per_worker == 0 and spec.workers.count <= len(cores):
         share = len(cores) // spec.workers.count
