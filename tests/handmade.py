@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from latts.core.records import Branch, ProblemResult, TrialResult, TTSConfig
+from latts.core.records import Branch, GenerationResult, TimedProblem, TTSConfig
 from latts.core.spec import SamplingSpec, parse_spec
+from latts.optimizer.evaluation import evaluate
+from latts.problems import Problem
 from latts.storage import Repository
 
 
@@ -56,25 +58,27 @@ def default_trials(draft: str) -> tuple[HandTrial, ...]:
     )
 
 
-def _result(trial: HandTrial) -> TrialResult:
-    problems = [
-        ProblemResult(
+def _result(trial: HandTrial) -> GenerationResult:
+    """What a worker would have returned: every problem timed, all branches agreeing on the answer."""
+    timed = [
+        TimedProblem(
             index=i,
-            problem_id=f"p{i}",
-            reference="42",
-            branches=tuple(Branch(text="= 42", answer="42" if ok else "41", n_tokens=3, token_logprobs=(-0.1, -0.2, -0.3)) for _ in range(trial.config.branches)),
-            aggregated_answer="42" if ok else "41",
-            correct=ok,
+            branches=tuple(
+                Branch(text="= 42", answer="42" if ok else "41", n_tokens=3, token_logprobs=(-0.1, -0.2, -0.3))
+                for _ in range(trial.config.branches)
+            ),
             latency_s=latency,
+            aggregation_s={trial.config.aggregator: 0.0},
         )
         for i, (latency, ok) in enumerate(zip(trial.latencies, trial.correct, strict=True))
     ]
     spec = trial.config.speculative_method is not None
-    return TrialResult(
-        problems=problems,
+    return GenerationResult(
+        timed=timed,
         worker="w0",
         engine_start_s=1.0,
         warmup_s=0.1,
+        generated_tokens=3 * trial.config.branches * len(timed),
         drafted_tokens=40 if spec else None,
         accepted_tokens=20 if spec else None,
         num_drafts=10 if spec else None,
@@ -101,10 +105,15 @@ def make_study(url: str, folder: Path, name: str = "hand", trials: tuple[HandTri
 
 
 def store_trials(repo: Repository, study: str, trials: tuple[HandTrial, ...]) -> None:
-    """Trials 0, 1, ... of an existing study, as a worker would have measured them."""
+    """Trials 0, 1, ... of an existing study, as the controller would have stored them (accuracy measured)."""
     for number, trial in enumerate(trials):
-        trial_id = repo.start_trial(study, number, trial.config, worker="w0")
+        generation_id = repo.start_generation(study, trial.config.generation())
+        trial_id = repo.start_trial(study, number, trial.config, generation_id)
         if trial.fail_reason:
+            repo.fail_generation(generation_id, trial.fail_reason)
             repo.fail_trial(trial_id, trial.fail_reason)
-        else:
-            repo.finish_trial(trial_id, _result(trial))
+            continue
+        result = _result(trial)
+        repo.finish_generation(generation_id, result)
+        problems = [Problem(f"p{i}", f"Q{i}", "42") for i in range(len(result.timed))]
+        repo.complete_trial(trial_id, evaluate(trial.config, result.timed, problems, {}))

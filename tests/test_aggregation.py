@@ -95,3 +95,8 @@ def test_parameters_default_when_not_given():
     steady = branch("2", [-1.5] * 40)
     assert aggregate("weighted_tail", [ending_unsure, steady]) == "1"
     assert aggregate("weighted_tail", [ending_unsure, steady], {"tail": 8}) == "2"
+
+
+def test_best_of_n_ties_go_to_the_earliest_top_branch():
+    # "5" reaches the top score only after "6" did: the earliest top-scored branch decides.
+    assert rules.best_of_n([branch("5", score=0.5), branch("6", score=0.9), branch("5", score=0.9)]) == "6"

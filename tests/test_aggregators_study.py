@@ -53,13 +53,14 @@ def test_seven_aggregators_and_verifier_latency(tmp_path, demo_model_paths):
     assert sorted(t.state for t in trials) == ["COMPLETE"] * 9, [t.fail_reason for t in trials]
     by = {(t.config.aggregator, t.config.verifier): t for t in trials}
 
+    assert len(repo.generations("aggregators")) == 3  # one per verifier: the aggregators share its branches
     for t in trials:
-        for row in repo.problem_results(t.id):
+        for row in repo.timed_problems(t.generation_id):
             scored = [b.verifier_score is not None for b in row.branches]
             assert all(scored) if t.config.verifier else not any(scored)
             assert all(len(b.token_logprobs) == b.n_tokens for b in row.branches)
-            # The worker applied the named rule: recomputed from the stored branches, it gives the stored answer.
-            assert aggregate(t.config.aggregator, row.branches) == row.aggregated_answer
+            # The worker applied the named rule: recomputed from the stored branches, it gives its answer.
+            assert aggregate(t.config.aggregator, row.branches) == row.answers[t.config.aggregator]
 
     # Same engine, same seeds: the branches are the same, so the slow verifier's scoring is the difference.
     plain = by[("majority", None)].latency_s.mean

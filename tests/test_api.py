@@ -187,7 +187,10 @@ def test_dropped_tables_are_503_then_bad_input_still_422(tmp_path):
     with serving(url) as base:
         assert httpx.get(base + "/v1/studies").status_code == 200
         with sqlite3.connect(tmp_path / "latts.db") as conn:
-            for table in ("latts_problem_results", "latts_trials", "latts_studies", "latts_hardware"):
+            for table in (
+                "latts_pool_scores", "latts_pool_samples", "latts_timed_problems", "latts_trials", "latts_generations",
+                "latts_studies", "latts_hardware",
+            ):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
         response = httpx.get(base + "/v1/frontier", params={"study": "hand"})
         assert response.status_code == 503 and "no such table" in response.json()["detail"]

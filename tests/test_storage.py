@@ -13,8 +13,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from latts.core.records import Branch, ProblemResult, TrialResult
+from latts.core.records import Branch, GenerationResult, PoolDraw, TimedProblem, TrialSummary
 from latts.core.statistics import wilson_interval
+from latts.optimizer.evaluation import evaluate
+from latts.problems import Problem
 from latts.storage import Repository, StorageError
 from tests.conftest import PG_SERVER, pg_schema_url
 from tests.handmade import config
@@ -37,23 +39,31 @@ def repo(url):
     repository.close()
 
 
-def make_result(latencies, correct, worker="w0", **counters) -> TrialResult:
-    problems = [
-        ProblemResult(
+def make_result(latencies, correct, worker="w0", **counters) -> GenerationResult:
+    timed = [
+        TimedProblem(
             index=i,
-            problem_id=f"arith-{i}",
-            reference=str(i),
             branches=(
-                Branch(f"so the answer is {i}", str(i), 3, (-0.1, -2.5, -1e-9), 0.75),
+                Branch(f"so the answer is {i}", str(i) if ok else "x", 3, (-0.1, -2.5, -1e-9), 0.75),
                 Branch("no idea", None, 2, (-1 / 3, float("-inf"))),  # JSON has no -inf; storage keeps it anyway
             ),
-            aggregated_answer=str(i) if ok else None,
-            correct=ok,
             latency_s=latency,
+            aggregation_s={"majority": 0.001},
         )
         for i, (latency, ok) in enumerate(zip(latencies, correct))
     ]
-    return TrialResult(problems=problems, worker=worker, engine_start_s=15.5, warmup_s=1.25, **counters)
+    return GenerationResult(timed=timed, worker=worker, engine_start_s=15.5, warmup_s=1.25, generated_tokens=99, **counters)
+
+
+PROBLEMS = [Problem(f"arith-{i}", f"Q: {i}", str(i)) for i in range(10)]
+
+
+def store(repo, number, config_, result, study="s1") -> TrialSummary:
+    """A generation and its config stored as the controller stores them (accuracy measured on the timed problems)."""
+    generation_id = repo.start_generation(study, config_.generation())
+    trial_id = repo.start_trial(study, number, config_, generation_id)
+    repo.finish_generation(generation_id, result)
+    return repo.complete_trial(trial_id, evaluate(config_, result.timed, PROBLEMS, {}))
 
 
 def setup_study(repo, study="s1", hardware="cpu-2core", model="demo:target", benchmark="arith"):
@@ -67,85 +77,72 @@ def test_round_trip(repo):
     assert repo.study_spec("s1") == SPEC
     assert repo.study_spec("nope") is None
 
-    trial_id = repo.start_trial("s1", 0, CONFIG, worker="w0")
+    generation_id = repo.start_generation("s1", CONFIG.generation())
+    trial_id = repo.start_trial("s1", 0, CONFIG, generation_id)
     [running] = repo.running_trials("s1")
     assert (running.id, running.state, running.config, running.accuracy) == (trial_id, "RUNNING", CONFIG, None)
 
     latencies = [0.5, 0.1, 0.3, 0.9, 0.2]
     result = make_result(latencies, [True, True, False, True, False], drafted_tokens=100, accepted_tokens=60, num_drafts=25)
-    summary = repo.finish_trial(trial_id, result)
+    repo.finish_generation(generation_id, result)
+    summary = repo.complete_trial(trial_id, evaluate(CONFIG, result.timed, PROBLEMS, {}))
 
     assert summary.state == "COMPLETE" and summary.hardware == "cpu-2core" and summary.study == "s1"
-    assert summary.accuracy == 0.6 and summary.n_problems == 5
+    assert summary.accuracy == 0.6 and summary.n_problems == 5 and summary.accuracy_source == "measured"
     assert summary.accuracy_ci == pytest.approx(wilson_interval(3, 5))
     assert summary.accuracy_ci == pytest.approx((0.2307, 0.8824), abs=5e-5)  # Wilson 3/5, textbook value
-    assert summary.latency_s.mean == pytest.approx(0.4)
-    percentiles = np.percentile(latencies, [50, 90, 99])
+    with_aggregation = [x + 0.001 for x in latencies]  # a config's latency adds its aggregator's own time
+    assert summary.latency_s.mean == pytest.approx(np.mean(with_aggregation)) and summary.n_latency_problems == 5
+    percentiles = np.percentile(with_aggregation, [50, 90, 99])
     assert (summary.latency_s.p50, summary.latency_s.p90, summary.latency_s.p99) == pytest.approx(tuple(percentiles))
-    assert (summary.engine_start_s, summary.warmup_s, summary.worker) == (15.5, 1.25, "w0")
+    assert (summary.engine_start_s, summary.warmup_s, summary.worker, summary.generated_tokens) == (15.5, 1.25, "w0", 99)
     assert (summary.drafted_tokens, summary.accepted_tokens, summary.extra["num_drafts"]) == (100, 60, 25)
     assert summary.mean_acceptance_length == pytest.approx(3.4)
     assert summary.extra["finished_at"] >= summary.extra["started_at"]
 
     assert repo.trials("s1") == [summary]
     assert repo.running_trials("s1") == []
-    assert repo.problem_results(trial_id) == result.problems  # branches, logprobs and floats bit-exact
+    assert repo.timed_problems(generation_id) == result.timed  # branches, logprobs and floats bit-exact
 
 
 def test_fail_trial_records_reason_and_no_numbers(repo):
     setup_study(repo)
-    trial_id = repo.start_trial("s1", 3, CONFIG)
+    generation_id = repo.start_generation("s1", CONFIG.generation())
+    trial_id = repo.start_trial("s1", 3, CONFIG, generation_id)
+    repo.fail_generation(generation_id, "engine out of memory")
     repo.fail_trial(trial_id, "engine out of memory")
     [failed] = repo.trials("s1")
     assert (failed.state, failed.fail_reason) == ("FAILED", "engine out of memory")
     assert failed.accuracy is None and failed.accuracy_ci is None and failed.latency_s is None
     assert failed.extra["finished_at"] is not None
     with pytest.raises(StorageError, match="already FAILED"):
-        repo.finish_trial(trial_id, make_result([0.1], [True]))
+        repo.finish_generation(generation_id, make_result([0.1], [True]))
     with pytest.raises(StorageError, match="already FAILED"):
         repo.fail_trial(trial_id, "again")
     with pytest.raises(StorageError, match="does not exist"):
         repo.fail_trial(trial_id + 1000, "no such trial")
     with pytest.raises(StorageError, match="does not exist"):
         repo.trial(trial_id + 1000)
+    # A failed generation may run again; a running or measured one may not start twice.
+    again = repo.start_generation("s1", CONFIG.generation())
+    with pytest.raises(StorageError, match="already running or measured"):
+        repo.start_generation("s1", CONFIG.generation())
+    repo.finish_generation(again, make_result([0.1], [True]))
+    with pytest.raises(StorageError, match="already running or measured"):
+        repo.start_generation("s1", CONFIG.generation())
 
 
-def test_losslessness_verdicts(repo):
-    from latts.core.records import Losslessness
-
+def test_finish_generation_is_all_or_nothing(repo):
     setup_study(repo)
-    baseline = repo.start_trial("s1", 0, config(4))
-    repo.finish_trial(baseline, make_result([0.1], [True]))
-    speculative = repo.start_trial("s1", 1, CONFIG)
-    assert repo.trial(speculative).lossless == Losslessness("untested")  # speculative, running
-    repo.finish_trial(speculative, make_result([0.1], [True], vllm_cpu_fix="applied"))
-    assert repo.trial(baseline).lossless is None  # nothing to check without speculation
-    summary = repo.record_losslessness(speculative, Losslessness("lossy", 0.0002, 0))
-    assert summary.lossless == Losslessness("lossy", 0.0002, 0) and summary.lossy
-    assert repo.trial(speculative).vllm_cpu_fix == "applied"
-    with pytest.raises(StorageError, match="completed speculative"):
-        repo.record_losslessness(baseline, Losslessness("lossless", 0.5, 0))
-
-
-def test_a_resumed_study_keeps_its_newest_spec(repo):
-    """plot and export read the stored spec: a resume with new budgets must not leave the old ones there."""
-    setup_study(repo)
-    resumed = {**SPEC, "budgets_s": [0.25, 3.0], "latency_statistic": "p90"}
-    repo.ensure_study("s1", "cpu-2core", "demo:target", "arith", resumed)
-    assert repo.study_spec("s1") == resumed
-
-
-def test_finish_trial_is_all_or_nothing(repo):
-    setup_study(repo)
-    trial_id = repo.start_trial("s1", 0, CONFIG)
+    generation_id = repo.start_generation("s1", CONFIG.generation())
     result = make_result([0.1, 0.2, 0.3], [True, False, True])
-    result.problems[2] = result.problems[0]  # duplicate problem index: the third row insert fails
+    result.timed[2] = result.timed[0]  # duplicate problem index: the third row insert fails
     with pytest.raises(StorageError, match="each problem index must appear once"):
-        repo.finish_trial(trial_id, result)
-    assert repo.problem_results(trial_id) == []
-    assert [t.state for t in repo.trials("s1")] == ["RUNNING"]
-    with pytest.raises(StorageError, match="fail_trial"):
-        repo.finish_trial(trial_id, make_result([], []))
+        repo.finish_generation(generation_id, result)
+    assert repo.timed_problems(generation_id) == []
+    assert [g.state for g in repo.generations("s1")] == ["RUNNING"]
+    with pytest.raises(StorageError, match="fail_generation"):
+        repo.finish_generation(generation_id, make_result([], []))
 
 
 def test_start_trial_errors(repo):
@@ -162,9 +159,8 @@ def test_filters_and_order(repo):
     setup_study(repo, "a-study", "h100x1", "Qwen/Qwen2.5-3B", "math500")
     for number in (2, 0, 1):
         repo.start_trial("b-study", number, CONFIG)
-    a0 = repo.start_trial("a-study", 0, CONFIG)
-    a1 = repo.start_trial("a-study", 1, CONFIG)
-    repo.finish_trial(a0, make_result([0.2], [True]))
+    a0 = store(repo, 0, CONFIG, make_result([0.2], [True]), study="a-study").id
+    a1 = repo.start_trial("a-study", 1, config(2))
     repo.fail_trial(a1, "timeout")
 
     assert [(t.study, t.number) for t in repo.trials()] == [("a-study", 0), ("a-study", 1), ("b-study", 0), ("b-study", 1), ("b-study", 2)]
@@ -181,8 +177,7 @@ def test_studies_counts_by_state(repo):
     assert repo.studies() == []
     setup_study(repo, "b-study")
     setup_study(repo, "a-study", "h100x1")
-    done = repo.start_trial("a-study", 0, CONFIG)
-    repo.finish_trial(done, make_result([0.1, 0.2], [True, True]))
+    store(repo, 0, CONFIG, make_result([0.1, 0.2], [True, True]), study="a-study")
     repo.fail_trial(repo.start_trial("a-study", 1, CONFIG), "crash")
     repo.fail_trial(repo.start_trial("a-study", 2, CONFIG), "crash")
     repo.start_trial("a-study", 3, CONFIG)
@@ -207,6 +202,47 @@ def test_ensure_study_conflicts(repo):
         repo.ensure_study("s2", "unregistered", "demo:target", "arith", SPEC)
 
 
+def test_losslessness_verdicts(repo):
+    from latts.core.records import Losslessness
+
+    setup_study(repo)
+    baseline = store(repo, 0, config(4), make_result([0.1], [True]))
+    generation_id = repo.start_generation("s1", CONFIG.generation())
+    speculative = repo.start_trial("s1", 1, CONFIG, generation_id)
+    assert repo.trial(speculative).lossless == Losslessness("untested")  # speculative, running
+    repo.finish_generation(generation_id, make_result([0.1], [True], vllm_cpu_fix="applied"))
+    assert baseline.lossless is None  # nothing to check without speculation
+    repo.record_losslessness(generation_id, Losslessness("lossy", 0.0002, 0))
+    summary = repo.trial(speculative)
+    assert summary.lossless == Losslessness("lossy", 0.0002, 0) and summary.lossy
+    assert summary.vllm_cpu_fix == "applied"
+    with pytest.raises(StorageError, match="completed speculative"):
+        repo.record_losslessness(baseline.generation_id, Losslessness("lossless", 0.5, 0))
+
+
+def test_the_pool_keeps_each_draw_once_with_its_scores(repo):
+    a = Branch("\\boxed{1}", "1", 2, (-0.5, float("-inf")), 0.9)
+    b = Branch("\\boxed{2}", "2", 1, (-0.1,))
+    repo.add_pool_samples("pool-x", [PoolDraw("sha1", 7, 0, a), PoolDraw("sha1", 7, 1, b)], verifier="v")
+    repo.add_pool_samples("pool-x", [PoolDraw("sha1", 7, 0, a), PoolDraw("sha2", 8, 0, b)], verifier="v")  # a again
+    repo.add_pool_samples("pool-y", [PoolDraw("sha1", 7, 0, b)])  # another model or sampling: another pool
+    found = repo.pool_samples("pool-x", ["sha1", "sha2", "sha3"], verifier="v")
+    assert [s.branch for s in found["sha1"]] == [a, b] and found["sha3"] == []
+    assert [s.branch.answer for s in found["sha2"]] == ["2"] and found["sha2"][0].branch.verifier_score is None
+    repo.add_pool_scores("v", {found["sha2"][0].id: 0.25})
+    assert repo.pool_samples("pool-x", ["sha2"], verifier="v")["sha2"][0].branch.verifier_score == 0.25
+    assert repo.pool_samples("pool-x", ["sha1"])["sha1"][0].branch.verifier_score is None  # no verifier asked for
+    assert [s.branch for s in repo.pool_samples("pool-y", ["sha1"])["sha1"]] == [Branch(b.text, b.answer, b.n_tokens, b.token_logprobs)]
+
+
+def test_a_resumed_study_keeps_its_newest_spec(repo):
+    """plot and export read the stored spec: a resume with new budgets must not leave the old ones there."""
+    setup_study(repo)
+    resumed = {**SPEC, "budgets_s": [0.25, 3.0], "latency_statistic": "p90"}
+    repo.ensure_study("s1", "cpu-2core", "demo:target", "arith", resumed)
+    assert repo.study_spec("s1") == resumed
+
+
 def _write_trials(url: str, first_number: int, count: int, barrier) -> None:
     """One writer process: registers the same hardware and study as its peer, then writes trials."""
     barrier.wait()  # open the storage together: both race to create the tables and rows
@@ -214,9 +250,8 @@ def _write_trials(url: str, first_number: int, count: int, barrier) -> None:
     setup_study(repo, "shared")
     for number in range(first_number, first_number + count):
         worker = f"pid-{os.getpid()}"
-        trial_id = repo.start_trial("shared", number, CONFIG, worker=worker)
         result = make_result([0.01 * (i + 1) for i in range(8)], [i % 2 == 0 for i in range(8)], worker=worker)
-        repo.finish_trial(trial_id, result)
+        store(repo, number, config(number + 1), result, study="shared")
     repo.close()
 
 
@@ -251,7 +286,7 @@ def test_concurrent_writers(url):
     trials = repo.trials("shared")
     assert [t.number for t in trials] == list(range(60))
     assert {t.state for t in trials} == {"COMPLETE"} and len({t.worker for t in trials}) == 2
-    assert all(len(repo.problem_results(t.id)) == 8 for t in trials)
+    assert all(len(repo.timed_problems(t.generation_id)) == 8 for t in trials)
     assert repo.study("shared").counts["COMPLETE"] == 60
     repo.close()
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
+from latts.aggregation import aggregate
+from latts.optimizer.evaluation import latencies
 from latts.optimizer.frontier import best_within, pareto_front
 from latts.storage import Repository
 from tests.conftest import SMALL_STUDY, pg_schema_url, run_latts, tune
@@ -19,11 +22,13 @@ def check_study(url: str, n_trials: int, n_problems: int) -> list:
     configs = {(t.config.branches, t.config.speculative_method) for t in trials}
     assert len(configs) == n_trials  # the grid, each config once
     for t in trials:
-        rows = repo.problem_results(t.id)
-        assert [r.index for r in rows] == list(range(n_problems))
+        rows = repo.timed_problems(t.generation_id)
+        assert [r.index for r in rows] == list(range(n_problems))  # fewer problems than latency probes: all timed
         assert all(len(r.branches) == t.config.branches for r in rows)
-        assert t.accuracy == pytest.approx(sum(r.correct for r in rows) / n_problems)
-        assert t.latency_s.mean == pytest.approx(sum(r.latency_s for r in rows) / n_problems)
+        # What the worker's rule answered in the loop is what latts' rule answers on the stored branches.
+        assert [r.answers[t.config.aggregator] for r in rows] == [aggregate(t.config.aggregator, r.branches) for r in rows]
+        assert (t.accuracy_source, t.n_problems, t.n_latency_problems) == ("pool", n_problems, n_problems)
+        assert t.latency_s.mean == pytest.approx(sum(latencies(t.config, rows)) / n_problems)
         assert t.latency_s.mean > 0 and t.accuracy_ci[0] <= t.accuracy <= t.accuracy_ci[1]
         if t.config.speculative_method == "ngram":
             assert t.drafted_tokens is not None and t.accepted_tokens is not None
@@ -67,11 +72,29 @@ def test_status_counts(sqlite_study):
     assert study["name"] == "e2e" and study["counts"]["COMPLETE"] == 4 and study["counts"]["RUNNING"] == 0
 
 
+def pool_rows(url: str) -> int:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        return db.execute("SELECT count(*) FROM latts_pool_samples").fetchone()[0]
+
+
 def test_rerun_of_a_finished_study_measures_nothing_new(sqlite_study, tmp_path):
     url, _ = sqlite_study
-    before = [(t.id, t.accuracy) for t in Repository(url).trials("e2e")]
+    repo = Repository(url)
+    before = ([(t.id, t.accuracy) for t in repo.trials("e2e")], len(repo.generations("e2e")), pool_rows(url))
     tune(tmp_path, url)
-    assert [(t.id, t.accuracy) for t in Repository(url).trials("e2e")] == before
+    assert ([(t.id, t.accuracy) for t in repo.trials("e2e")], len(repo.generations("e2e")), pool_rows(url)) == before
+
+
+def test_a_second_study_on_the_same_problems_reuses_the_pool(sqlite_study, tmp_path):
+    """Same model, sampling and problems: its accuracy comes from the pool the first study filled."""
+    url, _ = sqlite_study
+    before = pool_rows(url)
+    space = {"branches": [1, 4], "speculative": ["none"], "aggregator": ["weighted_mean_logprob"]}
+    tune(tmp_path, url, study="e2e-again", search_space=space, n_trials=2)
+    trials = Repository(url).trials("e2e-again")
+    assert [t.state for t in trials] == ["COMPLETE", "COMPLETE"] and {t.accuracy_source for t in trials} == {"pool"}
+    # Latency is timed again, with the same seeds: the same draws, which the pool already holds.
+    assert pool_rows(url) == before
 
 
 @pytest.mark.postgres

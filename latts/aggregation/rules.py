@@ -34,15 +34,7 @@ class Branch(Protocol):
     def verifier_score(self) -> float | None: ...
 
 
-def _vote(answers: Sequence[str | None], weights: Sequence[float]) -> str | None:
-    totals: dict[str, float] = {}
-    for answer, weight in zip(answers, weights, strict=True):
-        if answer is not None:
-            totals[answer] = totals.get(answer, 0.0) + weight
-    if not totals:
-        return None
-    # dicts keep insertion order, so max() returns the earliest answer among equal totals.
-    return max(totals, key=totals.__getitem__)
+Weight = Callable[[Branch, Mapping[str, int]], float]
 
 
 def mean_logprob(logprobs: Sequence[float]) -> float:
@@ -73,47 +65,42 @@ def bottom10_logprob(logprobs: Sequence[float]) -> float:
     return mean_logprob(sorted(logprobs)[:count])
 
 
-def majority(branches: Sequence[Branch]) -> str | None:
-    return _vote([b.answer for b in branches], [1.0] * len(branches))
-
-
-def best_of_n(branches: Sequence[Branch]) -> str | None:
-    """The answer of the branch the verifier scores highest (earliest branch on ties)."""
-    scored = [b for b in branches if b.answer is not None]
-    if not scored:
-        return None
-    return max(scored, key=_verifier_score).answer
-
-
-def weighted_best_of_n(branches: Sequence[Branch]) -> str | None:
-    return _vote([b.answer for b in branches], [_verifier_score(b) for b in branches])
-
-
-def _verifier_score(branch: Branch) -> float:
+def _verifier_score(branch: Branch, _parameters: Mapping[str, int]) -> float:
     if branch.verifier_score is None:
         raise ValueError("this aggregator needs verifier scores; pair it with a verifier")
     return branch.verifier_score
 
 
-Confidence = Callable[[Sequence[float], Mapping[str, int]], float]
+def _confidence(measure: Callable[[Sequence[float], Mapping[str, int]], float]) -> Weight:
+    """Weight exp(confidence of the branch's token log-probabilities)."""
+    return lambda branch, parameters: math.exp(measure(branch.token_logprobs, parameters))
 
 
-def _confidence_vote(confidence: Confidence) -> Callable[[Sequence[Branch], Mapping[str, int]], str | None]:
-    """Vote with weight exp(confidence of the branch's token log-probabilities)."""
+def pick(answers: Sequence[str | None], weights: Sequence[float], vote: bool) -> str | None:
+    """The answer with the largest total weight (vote), or the answer of the heaviest branch.
 
-    def aggregate(branches: Sequence[Branch], parameters: Mapping[str, int]) -> str | None:
-        weights = [math.exp(confidence(b.token_logprobs, parameters)) for b in branches]
-        return _vote([b.answer for b in branches], weights)
-
-    return aggregate
+    Branches without an answer never count. Ties go to the answer seen first, or to the earliest of
+    the heaviest branches (max() returns the first of equal keys; dicts keep insertion order).
+    """
+    scored = [(answer, weight) for answer, weight in zip(answers, weights, strict=True) if answer is not None]
+    if not scored:
+        return None
+    if not vote:
+        return max(scored, key=lambda pair: pair[1])[0]
+    totals: dict[str, float] = {}
+    for answer, weight in scored:
+        totals[answer] = totals.get(answer, 0.0) + weight
+    return max(totals, key=totals.__getitem__)
 
 
 @dataclass(frozen=True)
 class Rule:
-    """An aggregator and what it needs from the branches and the spec."""
+    """An aggregator: a weight per branch, and whether answers add up their weights (a vote) or the
+    single heaviest branch decides. Also what it needs from the branches and the spec."""
 
     name: AggregatorName
-    aggregate: Callable[[Sequence[Branch], Mapping[str, int]], str | None]
+    weight: Weight
+    vote: bool = True
     needs_verifier: bool = False
     needs_logprobs: bool = False
     parameters: Mapping[str, int] = field(default_factory=dict)  # name -> default (spec: `aggregation:`)
@@ -122,23 +109,23 @@ class Rule:
 RULES: dict[str, Rule] = {
     rule.name: rule
     for rule in (
-        Rule("majority", lambda branches, _: majority(branches)),
-        Rule("weighted_mean_logprob", _confidence_vote(lambda lp, _: mean_logprob(lp)), needs_logprobs=True),
+        Rule("majority", lambda _branch, _parameters: 1.0),
+        Rule("weighted_mean_logprob", _confidence(lambda lp, _: mean_logprob(lp)), needs_logprobs=True),
         Rule(
             "weighted_min_window",
-            _confidence_vote(lambda lp, p: min_window_logprob(lp, p["window"])),
+            _confidence(lambda lp, p: min_window_logprob(lp, p["window"])),
             needs_logprobs=True,
             parameters={"window": 16},  # sliding window, in tokens
         ),
         Rule(
             "weighted_tail",
-            _confidence_vote(lambda lp, p: tail_logprob(lp, p["tail"])),
+            _confidence(lambda lp, p: tail_logprob(lp, p["tail"])),
             needs_logprobs=True,
             parameters={"tail": 32},  # last K tokens
         ),
-        Rule("weighted_bottom10", _confidence_vote(lambda lp, _: bottom10_logprob(lp)), needs_logprobs=True),
-        Rule("best_of_n", lambda branches, _: best_of_n(branches), needs_verifier=True),
-        Rule("weighted_best_of_n", lambda branches, _: weighted_best_of_n(branches), needs_verifier=True),
+        Rule("weighted_bottom10", _confidence(lambda lp, _: bottom10_logprob(lp)), needs_logprobs=True),
+        Rule("best_of_n", _verifier_score, vote=False, needs_verifier=True),
+        Rule("weighted_best_of_n", _verifier_score, needs_verifier=True),
     )
 }
 assert tuple(RULES) == get_args(AggregatorName), "every aggregator name has exactly one rule"
@@ -146,7 +133,26 @@ assert tuple(RULES) == get_args(AggregatorName), "every aggregator name has exac
 PARAMETER_DEFAULTS: dict[str, int] = {name: default for rule in RULES.values() for name, default in rule.parameters.items()}
 
 
-def aggregate(name: str, branches: Sequence[Branch], parameters: Mapping[str, int] | None = None) -> str | None:
-    """The answer rule `name` picks from `branches`; parameters missing from `parameters` take their defaults."""
+def weights(name: str, branches: Sequence[Branch], parameters: Mapping[str, int] | None = None) -> list[float]:
+    """Each branch's weight under rule `name`; parameters missing from `parameters` take their defaults."""
     rule = RULES[name]
-    return rule.aggregate(branches, {**rule.parameters, **(parameters or {})})
+    merged = {**rule.parameters, **(parameters or {})}
+    return [rule.weight(b, merged) for b in branches]
+
+
+def aggregate(name: str, branches: Sequence[Branch], parameters: Mapping[str, int] | None = None) -> str | None:
+    """The answer rule `name` picks from `branches`."""
+    return pick([b.answer for b in branches], weights(name, branches, parameters), RULES[name].vote)
+
+
+def majority(branches: Sequence[Branch]) -> str | None:
+    return aggregate("majority", branches)
+
+
+def best_of_n(branches: Sequence[Branch]) -> str | None:
+    """The answer of the branch the verifier scores highest (earliest branch on ties)."""
+    return aggregate("best_of_n", branches)
+
+
+def weighted_best_of_n(branches: Sequence[Branch]) -> str | None:
+    return aggregate("weighted_best_of_n", branches)

@@ -21,7 +21,7 @@ from latts.storage import Repository
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 # Tables are wide; when stdout is a file or pipe, don't squeeze them into rich's default 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_FIT = 3

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from latts.core.records import STATISTICS, LatencyStatistic, TrialSummary
+from latts.core.records import LatencyStatistic, TrialSummary
 
 
 def seconds(value: float) -> str:
@@ -16,10 +20,9 @@ def seconds(value: float) -> str:
 
 def trials_table(title: str, trials: list[TrialSummary], statistic: LatencyStatistic) -> Table:
     table = Table(title=title, title_justify="left")
-    for column in ("trial", "branches", "speculative", "aggregator", "verifier", "accuracy (95% CI)"):
-        table.add_column(column, justify="right" if column in ("trial", "branches") else "left")
-    for stat in STATISTICS:
-        table.add_column(f"{stat} s" + (" *" if stat == statistic else ""), justify="right")
+    for column in ("trial", "B", "speculative", "aggregator", "verifier", "accuracy (95% CI)", "from/timed"):
+        table.add_column(column, justify="right" if column in ("trial", "B") else "left")
+    table.add_column(f"{statistic} s", justify="right")  # the others are in --json
     table.add_column("accept len", justify="right")
     table.add_column("lossless", justify="left")
     for t in trials:
@@ -31,9 +34,11 @@ def trials_table(title: str, trials: list[TrialSummary], statistic: LatencyStati
             str(c.branches),
             speculative,
             c.aggregator,
-            c.verifier or "-",
+            Path(c.verifier).name if c.verifier else "-",  # a local folder's name, or a hub id's
             f"{t.accuracy:.1%} ({lo:.0%}-{hi:.0%})",
-            *(seconds(t.latency_s.get(s)) for s in STATISTICS),
+            # Where the accuracy comes from, over how many problems, and how many were timed.
+            f"{t.accuracy_source} {t.n_problems}/{t.n_latency_problems}",
+            seconds(t.latency_s.get(statistic)),
             f"{t.mean_acceptance_length:.2f}" if t.mean_acceptance_length else "-",
             _lossless(t),
         )
@@ -47,7 +52,7 @@ def _lossless(trial: TrialSummary) -> str:
     if trial.lossless.verdict == "untested":
         return "untested"
     word = "LOSSY" if trial.lossless.verdict == "lossy" else "yes"
-    return f"{word} (p={trial.lossless.p_value:.2g} vs #{trial.lossless.baseline_trial})"
+    return f"{word} p={trial.lossless.p_value:.2g}"
 
 
 def best_table(bests: dict[float, TrialSummary | None], statistic: LatencyStatistic) -> Table:
@@ -65,34 +70,36 @@ def best_table(bests: dict[float, TrialSummary | None], statistic: LatencyStatis
 
 
 class TuneProgress:
-    """tune's live progress line on stderr: trials done, failed and in flight, time, best accuracy so far."""
+    """tune's live display on stderr: a progress bar of trials (done, failed, in flight, time left)
+    and, below it, the best accuracy found so far within each budget."""
 
     def __init__(self, console: Console, study: str) -> None:
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("done  {task.fields[failed]} failed  {task.fields[in_flight]} in flight"),
+            TextColumn("trials  {task.fields[failed]} failed  {task.fields[in_flight]} in flight"),
             TimeElapsedColumn(),
-            TextColumn("remaining"),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[best]}"),
             console=console,
         )
+        self.best = Text()
+        self.live = Live(Group(self.progress, self.best), console=console, refresh_per_second=4)
         self.study = study
         self.task = None
 
     def __enter__(self) -> TuneProgress:
-        self.progress.start()
+        self.live.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        self.live.stop()
 
     def update(self, state) -> None:
         """Show the controller's TuneState."""
-        best = "  ".join(f"<= {b:g}s: {t.accuracy:.1%}" if t else f"<= {b:g}s: -" for b, t in state.best.items())
-        fields = {"failed": state.failed, "in_flight": state.in_flight, "best": f"best so far  {best}"}
+        fields = {"failed": state.failed, "in_flight": state.in_flight}
         if self.task is None:  # a resumed study starts part done; the time estimate counts this run only
             self.task = self.progress.add_task(self.study, total=state.target, completed=state.done, **fields)
         self.progress.update(self.task, total=state.target, completed=state.done, **fields)
+        best = "  ".join(f"<= {b:g} s: {t.accuracy:.1%}" if t else f"<= {b:g} s: -" for b, t in state.best.items())
+        self.best.plain = f"best so far  {best}"

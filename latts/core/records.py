@@ -7,6 +7,7 @@ states) are spelled here once.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, get_args
@@ -20,6 +21,8 @@ METHODS_WITH_MODEL: tuple[SpeculativeMethod, ...] = ("draft_model", "eagle", "ea
 
 
 LosslessVerdict = Literal["lossless", "lossy", "untested"]
+# Where a trial's accuracy comes from: its own branches on every problem, or the sample pool.
+AccuracySource = Literal["measured", "pool"]
 # What latts did to the CPU build's speculative sampling in a trial's engine (latts.workers.vllm_cpu_fix).
 CpuFixVerdict = Literal["applied", "not-needed", "off"]
 
@@ -33,11 +36,12 @@ class TrialState(StrEnum):
 
 
 @dataclass(frozen=True)
-class TTSConfig:
-    """One candidate: how to spend inference compute on one problem."""
+class Generation:
+    """What is generated for a config: its branches, engine side and sampling, and the verifier scoring
+    them. Configs that differ only in the aggregator share one; their answers come from its stored
+    branches."""
 
     branches: int
-    aggregator: str
     temperature: float
     top_p: float
     max_tokens: int
@@ -49,9 +53,28 @@ class TTSConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def key(self) -> str:
+        """Canonical text: equal generations (or configs), equal keys."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def with_aggregator(self, aggregator: str) -> TTSConfig:
+        return TTSConfig(aggregator=aggregator, **self.to_dict())
+
+
+@dataclass(frozen=True, kw_only=True)
+class TTSConfig(Generation):
+    """One candidate: how to spend inference compute on one problem (a generation and its aggregator)."""
+
+    aggregator: str
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TTSConfig:
         return cls(**data)
+
+    def generation(self) -> Generation:
+        fields = self.to_dict()
+        del fields["aggregator"]
+        return Generation(**fields)
 
     def label(self) -> str:
         """Short human-readable name, e.g. `B=8 ngram(k=4) majority`."""
@@ -103,24 +126,51 @@ class Branch:
 
 
 @dataclass(frozen=True)
-class ProblemResult:
+class TimedProblem:
+    """One problem of a generation whose latency was measured, with its branches."""
+
     index: int  # position in the study's problem list
-    problem_id: str
-    reference: str
     branches: tuple[Branch, ...]
-    aggregated_answer: str | None
-    correct: bool
-    latency_s: float  # submit of all branches -> aggregated answer, verifier included
+    latency_s: float  # submit of all branches -> every branch (and its verifier score) back
+    aggregation_s: dict[str, float]  # seconds each aggregator of the study took on these branches
+    answers: dict[str, str | None] = field(default_factory=dict)  # what each of them answered, on the worker
+
+
+@dataclass(frozen=True)
+class FilledProblem:
+    """Branches generated, untimed, only to fill the sample pool of one problem."""
+
+    index: int
+    seed: int
+    branches: tuple[Branch, ...]
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """What a worker is asked to do for one generation."""
+
+    generation: Generation
+    engine: EngineKey
+    timed: tuple[tuple[int, int], ...]  # (problem index, seed), latency measured one by one
+    fill: tuple[tuple[int, int, int], ...] = ()  # (problem index, branches, seed), untimed
+    fill_engine: EngineKey | None = None  # a lossless engine for the fill: `engine` itself without speculation
+    score: tuple[tuple[int, int, str], ...] = ()  # (pool sample id, problem index, text) for the verifier
+    aggregators: tuple[str, ...] = ()  # whose own time to measure on each timed problem
+    aggregation: dict[str, int] = field(default_factory=dict)  # their parameters
 
 
 @dataclass
-class TrialResult:
-    """What a worker measured for one config on the whole problem list."""
+class GenerationResult:
+    """What a worker measured for one generation."""
 
-    problems: list[ProblemResult]
+    timed: list[TimedProblem]
     worker: str
     engine_start_s: float  # 0 when the engine was already cached on the worker
     warmup_s: float
+    generated_tokens: int  # every token the engine generated for this plan, warm-up and fill included
+    engine_starts: int = 0  # engines started for this plan (generator, verifier, filler)
+    filled: list[FilledProblem] = field(default_factory=list)
+    scores: dict[int, float] = field(default_factory=dict)  # pool sample id -> verifier score
     drafted_tokens: int | None = None  # speculative decoding counters, from the engine
     accepted_tokens: int | None = None
     num_drafts: int | None = None
@@ -133,7 +183,37 @@ class Losslessness:
 
     verdict: LosslessVerdict
     p_value: float | None = None  # of the answer-shift test (latts.core.statistics.answer_shift_p_value)
-    baseline_trial: int | None = None  # number of the trial without speculation it was tested against
+    baseline_trial: int | None = None  # number of the study's trial without speculation that filled the pool
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """A stored generation as the controller sees it."""
+
+    id: int
+    generation: Generation
+    state: TrialState
+    fail_reason: str | None = None
+    lossless: Losslessness | None = None  # None without speculation
+    generated_tokens: int | None = None
+    engine_start_s: float | None = None
+    engine_starts: int | None = None
+
+
+@dataclass(frozen=True)
+class PoolDraw:
+    """A branch on its way into the sample pool: which prompt, and the seeded request it came from."""
+
+    prompt_sha: str
+    seed: int
+    branch: int  # position among that request's samples
+    sample: Branch
+
+
+@dataclass(frozen=True)
+class PooledSample:
+    id: int
+    branch: Branch  # verifier_score: the asked-for verifier's, when it scored this sample
 
 
 @dataclass(frozen=True)
@@ -145,6 +225,18 @@ class LatencyStats:
 
     def get(self, statistic: LatencyStatistic) -> float:
         return getattr(self, statistic)
+
+
+@dataclass(frozen=True)
+class TrialNumbers:
+    """A config's accuracy and latency, computed from its generation (and the pool)."""
+
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    accuracy_source: AccuracySource
+    n_problems: int  # behind the accuracy
+    latency_s: LatencyStats
+    n_latency_problems: int
 
 
 @dataclass
@@ -160,8 +252,12 @@ class TrialSummary:
     fail_reason: str | None = None
     accuracy: float | None = None
     accuracy_ci: tuple[float, float] | None = None
+    accuracy_source: AccuracySource | None = None
+    n_problems: int | None = None  # behind the accuracy
     latency_s: LatencyStats | None = None
-    n_problems: int | None = None
+    n_latency_problems: int | None = None  # behind the latency (the probes, when accuracy comes from the pool)
+    generation_id: int | None = None
+    generated_tokens: int | None = None  # by the generation this config shares with its aggregator siblings
     engine_start_s: float | None = None
     warmup_s: float | None = None
     drafted_tokens: int | None = None

@@ -6,6 +6,7 @@ Validated once, up front, so that a bad spec costs one line of error and no data
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -14,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from latts.aggregation import PARAMETER_DEFAULTS, RULES, AggregatorName
-from latts.core.records import METHODS_WITH_MODEL, EngineKey, LatencyStatistic, SpeculativeMethod, TTSConfig
+from latts.core.records import METHODS_WITH_MODEL, EngineKey, Generation, LatencyStatistic, SpeculativeMethod, TTSConfig
 from latts.demo import models as demo_models
 
 ProblemSetName = Literal["arith", "math500", "gsm8k", "jsonl"]
@@ -165,6 +166,23 @@ class SearchSpace(_Strict):
     def speculative_option(self, label: str) -> dict[str, Any] | None:
         return dict(self._speculative_options())[label]
 
+    def params_for(self, config: TTSConfig) -> dict[str, Any]:
+        """The point of the search space (Optuna's params) that `config` is; config_from_params' inverse."""
+        label = NONE
+        if config.speculative_method is not None:
+            model = f":{config.draft_model}" if config.draft_model else ""
+            label = f"{config.speculative_method}{model}:k={config.num_speculative_tokens}"
+        params: dict[str, Any] = {
+            "branches": config.branches,
+            "speculative": label,
+            "aggregator": config.aggregator,
+            "verifier": config.verifier or NONE,
+        }
+        for name in ("temperature", "top_p"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(config, name)
+        return params
+
     def baselines(self) -> list[dict[str, Any]]:
         """The params without speculation, one per sampling setting, that speculative configs are tested against.
 
@@ -201,13 +219,13 @@ class EngineSpec(_Strict):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)  # GPU builds only
     enforce_eager: bool = False
 
-    def key_for(self, model: str, config: TTSConfig) -> EngineKey:
-        """The engine that generates `config`'s branches."""
+    def key_for(self, model: str, generation: Generation) -> EngineKey:
+        """The engine that generates a generation's (or a config's) branches."""
         return EngineKey(
             model=model,
-            speculative_method=config.speculative_method,
-            draft_model=config.draft_model,
-            num_speculative_tokens=config.num_speculative_tokens,
+            speculative_method=generation.speculative_method,
+            draft_model=generation.draft_model,
+            num_speculative_tokens=generation.num_speculative_tokens,
             dtype=self.dtype,
             tensor_parallel_size=self.tensor_parallel_size,
             max_model_len=self.max_model_len,
@@ -229,6 +247,7 @@ class StudySpec(_Strict):
     # Fields that change what a measurement means: a study cannot change them once it has trials.
     MEASUREMENT_FIELDS: ClassVar[tuple[str, ...]] = (
         "hardware", "model", "benchmark", "sampling", "search_space", "aggregation", "engine", "concurrency", "seed",
+        "sample_pool", "latency_probes",
     )
 
     study: str = Field(min_length=1, pattern=r"^[\w.-]+$")
@@ -247,6 +266,10 @@ class StudySpec(_Strict):
     workers: WorkersSpec = WorkersSpec()
     engine: EngineSpec = EngineSpec()
     concurrency: int = Field(default=1, ge=1)
+    # Accuracy from the sample pool (every branch of the same model, sampling and problem, from any
+    # trial or study), latency timed on `latency_probes` problems; false: every config on every problem.
+    sample_pool: bool = True
+    latency_probes: int = Field(default=8, ge=1)
     trial_timeout_s: float = Field(default=1800, gt=0)
     storage: str | None = None
 
@@ -265,6 +288,12 @@ class StudySpec(_Strict):
     @classmethod
     def _sorted_budgets(cls, value: list[float]) -> list[float]:
         return sorted(set(value))
+
+    def probes(self, n_problems: int) -> list[int]:
+        """Indices of the problems whose latency each generation measures (all without the pool)."""
+        if not self.sample_pool or self.latency_probes >= n_problems:
+            return list(range(n_problems))
+        return sorted(random.Random(self.seed).sample(range(n_problems), self.latency_probes))
 
     def check_resumable(self, stored: dict[str, Any] | None) -> None:
         """Refuse to resume a study whose stored spec measured something else.

@@ -84,3 +84,14 @@ def answer_shift_p_value(
 def _tvd(counts_a: np.ndarray, counts_b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
     """Total variation distance between two count vectors (along the last axis)."""
     return 0.5 * np.abs(counts_a / n_a - counts_b / n_b).sum(axis=-1)
+
+
+def bootstrap_mean_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean of `values` (resampling the values)."""
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return (0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, (resamples, data.size))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return (float(lo), float(hi))

@@ -115,3 +115,16 @@ def deepen(source: Path | str, out_dir: Path | str, layers: int = 16, intermedia
     finally:
         torch.set_num_threads(threads)
     return out_dir
+
+
+# demo:target-xl: 4 layers (2 added) with MLPs 8,192 wide, about 13M parameters. Chosen over 16
+# layers of 2,048 (a similar cost per step) because each engine start compiles fewer layers.
+XL_LAYERS, XL_INTERMEDIATE = 4, 8192
+
+
+if __name__ == "__main__":  # python -m latts.demo.deep OUT_DIR: demo:target-xl (see latts.demo.models)
+    import sys
+
+    from latts.demo.models import model_path
+
+    deepen(model_path("demo:target"), sys.argv[1], XL_LAYERS, XL_INTERMEDIATE)

@@ -31,11 +31,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-DEMO_MODELS = ("demo:target", "demo:draft", "demo:verifier")
-# Trained together on first use of either: one single-threaded process each, side by side.
+DEMO_MODELS = ("demo:target", "demo:draft", "demo:verifier", "demo:target-xl")
+# Trained together on first use of any model: one single-threaded process each, side by side.
 _GENERATORS = ("demo:target", "demo:draft")
-# The verifier starts from the trained target (latts.demo.verifier), so it trains after it.
-_NEEDS = {"demo:verifier": "demo:target"}
+# Built from the trained target, so after it: the verifier (latts.demo.verifier) and the target's
+# function-preserving deep and wide copy (latts.demo.deep), whose steps cost what real ones do.
+_NEEDS = {"demo:verifier": "demo:target", "demo:target-xl": "demo:target"}
+# How the models that are not trained from a recipe are made: `python -m MODULE OUT_DIR`.
+_BUILDERS = {"verifier": "latts.demo.verifier", "target-xl": "latts.demo.deep"}
 
 # Bump whenever the recipe below changes: cached models are keyed by it.
 VERSION = "arith-v3"
@@ -84,7 +87,7 @@ def is_demo_model(name: str) -> bool:
 
 def _kind(name: str) -> str:
     kind = name.removeprefix("demo:")
-    if kind not in RECIPES and kind != "verifier":
+    if kind not in RECIPES and kind not in _BUILDERS:
         raise ValueError(f"unknown demo model {name!r}; known: {', '.join(DEMO_MODELS)}")
     return kind
 
@@ -104,8 +107,8 @@ def resolve_model(name: str) -> str:
 
     Training the target or the draft trains both at once: in parallel that
     costs no extra wall time on two cores, and the other one is often wanted
-    next. The verifier trains only when asked for (it must follow the target).
-    Progress goes to stderr (stdout may be a --json document).
+    next. The verifier and demo:target-xl are built only when asked for (after
+    the target). Progress goes to stderr (stdout may be a --json document).
     """
     if not is_demo_model(name):
         return name
@@ -114,7 +117,7 @@ def resolve_model(name: str) -> str:
     def log(message: str) -> None:
         print(message, file=sys.stderr)
 
-    if name in _GENERATORS:
+    if name in _GENERATORS or _NEEDS.get(name) in _GENERATORS:
         ensure_demo_models(_GENERATORS, log)
     return str(ensure_demo_models([name], log)[name])
 
@@ -146,8 +149,10 @@ def ensure_demo_models(
         log(f"latts: training demo models {', '.join(missing)} (one-off, cached in {root}) ...")
         tmps = {n: Path(tempfile.mkdtemp(prefix=f".{p.name}-", dir=root)) for n, p in missing.items()}
         try:
-            _train_in_subprocesses({n: (RECIPES.get(_kind(n)), tmps[n]) for n in missing})
+            _train_in_subprocesses({n: tmps[n] for n in missing})
             for name, path in missing.items():
+                if not _complete(tmps[name]):
+                    raise RuntimeError(f"making demo model {name} left no model in {tmps[name]}")
                 if path.exists():  # an incomplete leftover from outside latts
                     shutil.rmtree(path)
                 tmps[name].chmod(0o755)  # mkdtemp makes it private; the cache may be shared
@@ -159,8 +164,8 @@ def ensure_demo_models(
     return paths
 
 
-def _train_in_subprocesses(jobs: dict[str, tuple[Recipe | None, Path]]) -> None:
-    """Run train_model(recipe, out_dir) for each job, all at once, in fresh interpreters.
+def _train_in_subprocesses(jobs: dict[str, Path]) -> None:
+    """Make each demo model into its folder, all at once, in fresh interpreters.
 
     A plain subprocess (not multiprocessing) so the caller's __main__ is never
     re-imported, and torch's thread settings stay out of the caller's process.
@@ -168,18 +173,15 @@ def _train_in_subprocesses(jobs: dict[str, tuple[Recipe | None, Path]]) -> None:
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])  # the folder holding `latts`: works without latts installed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_root, env.get("PYTHONPATH")]))
+    def command(name: str, out: Path) -> list[str]:
+        kind = _kind(name)
+        if kind in RECIPES:
+            return [sys.executable, "-m", "latts.demo.models", json.dumps(asdict(RECIPES[kind])), str(out)]
+        return [sys.executable, "-m", _BUILDERS[kind], str(out)]
+
     procs = {
-        name: subprocess.Popen(
-            # The verifier's training lives in its own module (python -m latts.demo.verifier OUT_DIR).
-            [sys.executable, "-m", "latts.demo.models", json.dumps(asdict(recipe)), str(out)]
-            if recipe
-            else [sys.executable, "-m", "latts.demo.verifier", str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for name, (recipe, out) in jobs.items()
+        name: subprocess.Popen(command(name, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, out in jobs.items()
     }
     failed = []
     for name, proc in procs.items():

@@ -1,14 +1,17 @@
-"""The study controller: Optuna ask/tell over the search space, trials dispatched to Ray workers.
+"""The study controller: Optuna ask/tell over the search space, generations dispatched to Ray workers.
 
-One trial in flight per worker. Every result goes to storage before Optuna hears of it, so a
-controller killed at any point loses at most the trials that were still running; the next
-`latts tune` marks those failed and re-runs their configs.
+Runs in the `latts tune` process. A config is a generation (branches, engine, sampling, verifier)
+and an aggregator; a generation runs once, on one worker, and every aggregator of the study is
+then scored from its stored branches. With the sample pool (the default), a generation times only
+the probe problems and its configs' accuracy comes from the pool, which it tops up where it holds
+fewer samples than branches. Every result goes to storage before Optuna hears of it, so a
+controller killed at any point loses at most the generations still running; the next `latts tune`
+marks those failed and re-runs their configs.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
 import time
@@ -19,11 +22,24 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState as OptunaState
 
-from latts.core.records import TrialState, TrialSummary, TTSConfig
+from latts.aggregation import RULES
+from latts.core.records import (
+    Branch,
+    Generation,
+    GenerationPlan,
+    GenerationResult,
+    GenerationSummary,
+    PoolDraw,
+    TrialState,
+    TrialSummary,
+    TTSConfig,
+)
 from latts.core.spec import SearchSpace, SpecError, StudySpec
+from latts.demo.models import local_name
+from latts.optimizer.evaluation import evaluate, pool_key, prompt_sha, stable_seed
 from latts.optimizer.frontier import best_within
-from latts.optimizer.losslessness import check_untested
-from latts.problems import load_problems
+from latts.optimizer.losslessness import check_against_pool
+from latts.problems import Problem, load_problems
 from latts.storage import Repository
 from latts.workers import hardware
 
@@ -58,12 +74,13 @@ def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
-def config_key(config: TTSConfig) -> str:
-    return json.dumps(config.to_dict(), sort_keys=True)
+@dataclass
+class _InFlight:
+    """A generation on a worker, and the asked configs (Optuna trial, latts trial id) waiting for it."""
 
-
-def _statistic(spec: StudySpec, summary: TrialSummary) -> float:
-    return summary.latency_s.get(spec.latency_statistic)
+    generation: Generation
+    plan: GenerationPlan
+    asked: list[tuple[optuna.Trial, TTSConfig, int]] = field(default_factory=list)
 
 
 class Controller:
@@ -73,15 +90,18 @@ class Controller:
         self.storage_url = storage_url
         self.state = TuneState(target=n_trials or spec.n_trials)
         self._distributions = {name: CategoricalDistribution(c) for name, c in spec.search_space.choices().items()}
+        self._problems: list[Problem] = []
+        self._shas: list[str] = []
 
     def run(self, ray_address: str | None, on_update: Callable[[TuneState], None] = lambda _: None) -> TuneState:
         spec = self.spec
         spec.check_resumable(self.repo.study_spec(spec.study))
-        problems = load_problems(spec.benchmark)
+        self._problems = load_problems(spec.benchmark)
+        self._shas = [prompt_sha(p.prompt) for p in self._problems]
         _init_ray(ray_address, spec)
         from latts.workers.pool import WorkerPool
 
-        pool = WorkerPool(spec, problems)
+        pool = WorkerPool(spec, self._problems)
         try:
             detected = pool.detect_hardware()
             recorded = self.repo.hardware(spec.hardware)
@@ -101,13 +121,12 @@ class Controller:
                 load_if_exists=True,
             )
             fresh = not study.trials
-            # Baselines first: every speculative config is tested against one (latts.optimizer.losslessness).
+            # Baselines first: they fill the pool that speculative generations are tested against.
             for params in spec.search_space.baselines():
                 study.enqueue_trial(params, skip_if_exists=True)
             if spec.sampler == "grid" and fresh:
                 self._enqueue_grid(study)
             self._recover_interrupted(study)
-            check_untested(self.repo, spec.study, spec.seed)  # a killed controller may have left some
             self._loop(study, pool, on_update)
         finally:
             pool.shutdown()
@@ -121,80 +140,248 @@ class Controller:
                 study.enqueue_trial(params, skip_if_exists=True)
 
     def _recover_interrupted(self, study: optuna.Study) -> None:
-        """Trials a killed controller left running: failed in both stores, their configs queued again."""
+        """What a killed controller left running: failed in both stores, their configs queued again."""
         for trial in self.repo.running_trials(self.spec.study):
             self.repo.fail_trial(trial.id, INTERRUPTED)
+        for generation in self.repo.generations(self.spec.study, states=[TrialState.RUNNING]):
+            self.repo.fail_generation(generation.id, INTERRUPTED)
         for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
             study.tell(trial.number, state=OptunaState.FAIL)
             study.enqueue_trial(trial.params, skip_if_exists=False)
 
+    # ------------------------------------------------------------------ the loop
+
     def _loop(self, study: optuna.Study, pool, on_update: Callable[[TuneState], None]) -> None:
         spec, state = self.spec, self.state
         finished = [t for t in self.repo.trials(spec.study) if t.fail_reason != INTERRUPTED and t.state != TrialState.RUNNING]
-        measured = {config_key(t.config): t for t in finished}
+        measured = {t.config.key(): t for t in finished}
         state.done = state.initial_done = len(finished)
         state.failed = sum(t.state == TrialState.FAILED for t in finished)
         self._update_best()
-        pending: dict[int, tuple[optuna.Trial, TTSConfig]] = {}
-        waiting: dict[str, list[optuna.Trial]] = {}  # asked again while the same config is in flight
+        in_flight: dict[int, _InFlight] = {}  # generation id -> what waits for it
         repeats = 0
         on_update(state)
         while True:
-            while pool.idle and not state.exhausted and state.done + len(pending) < state.target:
+            while pool.idle and not state.exhausted and state.done + state.in_flight < state.target:
                 trial = study.ask(self._distributions)
                 config = spec.config_from_params(trial.params) if SearchSpace.pairs(trial.params) else None
-                key = config_key(config) if config else None
+                running = {f.generation.key(): (gid, f) for gid, f in in_flight.items()}
                 if config is None:  # e.g. best_of_n without a verifier: not a config
                     study.tell(trial, state=OptunaState.PRUNED)
-                elif key in measured:  # measured already: answer Optuna from storage
-                    self._tell(study, trial, measured[key])
-                elif any(config_key(c) == key for _, c in pending.values()):
-                    waiting.setdefault(key, []).append(trial)
+                elif config.key() in measured:  # measured already: answer Optuna from storage
+                    self._tell(study, trial, measured[config.key()])
+                elif config.generation().key() in running:  # its generation runs now: wait for it
+                    gid, flight = running[config.generation().key()]
+                    flight.asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
+                    state.in_flight += 1
+                    continue
+                elif (done := self._completed_generation(config.generation())) is not None:
+                    # Another aggregator of a measured generation: scored from storage, no engine.
+                    trial_id = self.repo.start_trial(spec.study, trial.number, config, done.id)
+                    state.done += len(self._score(study, [(trial, config, trial_id)], done.id, measured))
+                    self._update_best()
                     continue
                 else:
                     repeats = 0
-                    trial_id = self.repo.start_trial(spec.study, trial.number, config)
-                    pool.submit(trial_id, config, spec.engine.key_for(spec.model, config))
-                    pending[trial_id] = (trial, config)
+                    generation = config.generation()
+                    gid = self.repo.start_generation(spec.study, generation)
+                    flight = _InFlight(generation, self._plan(generation))
+                    flight.asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
+                    in_flight[gid] = flight
+                    pool.submit(gid, flight.plan)
+                    state.in_flight += 1
                     continue
                 # Answered without spending a measurement; many in a row mean the space is spent.
                 repeats += 1
                 state.exhausted = repeats >= MAX_REPEATS
-            state.in_flight = len(pending)
             on_update(state)
-            if not pending:
+            if not in_flight:
                 break
-            for result in pool.wait(timeout_s=1.0):
-                trial, config = pending.pop(result.trial_id)
-                if result.result is not None:
-                    self.repo.finish_trial(result.trial_id, result.result)
-                    # This trial, or the speculative ones that waited for it as their baseline.
-                    check_untested(self.repo, spec.study, spec.seed)
-                    summary = self.repo.trial(result.trial_id)
+            for finished_generation in pool.wait(timeout_s=1.0):
+                flight = in_flight.pop(finished_generation.generation_id)
+                state.in_flight -= len(flight.asked)
+                if finished_generation.result is None:
+                    reason = finished_generation.error or "unknown error"
+                    self.repo.fail_generation(finished_generation.generation_id, reason)
+                    for trial, config, trial_id in flight.asked:
+                        summary = self.repo.fail_trial(trial_id, reason)
+                        measured[config.key()] = summary
+                        self._tell(study, trial, summary)
+                    state.failed += len(flight.asked)
+                    state.done += len(flight.asked)
                 else:
-                    summary = self.repo.fail_trial(result.trial_id, result.error or "unknown error")
-                    state.failed += 1
-                key = config_key(config)
-                measured[key] = summary
-                for same in [trial, *waiting.pop(key, [])]:
-                    self._tell(study, same, summary)
-                state.done += 1
+                    self._store(finished_generation.generation_id, flight, finished_generation.result)
+                    summaries = self._score(study, flight.asked, finished_generation.generation_id, measured)
+                    summaries += self._siblings(study, flight, finished_generation.generation_id, measured)
+                    state.done += len(summaries)
                 self._update_best()
+
+    def _completed_generation(self, generation: Generation) -> GenerationSummary | None:
+        key = generation.key()
+        done = self.repo.generations(self.spec.study, states=[TrialState.COMPLETE])
+        return next((g for g in done if g.generation.key() == key), None)
+
+    # ------------------------------------------------------------------ planning and storing
+
+    def _pool_key(self, generation: Generation) -> str:
+        return pool_key(local_name(self.spec.model), self.spec.engine.dtype, generation)
+
+    def _plan(self, generation: Generation) -> GenerationPlan:
+        """Time the probes; top up the pool where it holds fewer samples than branches; score it for the verifier."""
+        spec = self.spec
+        probes = spec.probes(len(self._problems))
+        seeds = [stable_seed(spec.seed, generation.key(), index) for index in probes]
+        fill: list[tuple[int, int, int]] = []
+        score: list[tuple[int, int, str]] = []
+        if spec.sample_pool:
+            pooled = self.repo.pool_samples(self._pool_key(generation), self._shas, generation.verifier)
+            # An engine without speculation adds its timed branches to the pool; a speculative one
+            # only once it proved lossless, so its probes are topped up too.
+            adds = {index: generation.branches for index in probes} if generation.speculative_method is None else {}
+            for index, sha in enumerate(self._shas):
+                have = len(pooled[sha])
+                short = generation.branches - have - adds.get(index, 0)
+                if short > 0:
+                    fill.append((index, short, stable_seed("fill", self._pool_key(generation), sha, have)))
+                if generation.verifier:
+                    score += [(s.id, index, s.branch.text) for s in pooled[sha] if s.branch.verifier_score is None]
+        fill_engine = generation if generation.speculative_method is None else _without_speculation(generation)
+        return GenerationPlan(
+            generation=generation,
+            engine=spec.engine.key_for(spec.model, generation),
+            timed=tuple(zip(probes, seeds, strict=True)),
+            fill=tuple(fill),
+            fill_engine=spec.engine.key_for(spec.model, fill_engine),
+            score=tuple(score),
+            aggregators=tuple(self._aggregators(generation)),
+            aggregation=spec.aggregation.model_dump(),
+        )
+
+    def _aggregators(self, generation: Generation) -> list[str]:
+        """The study's aggregators that go with this generation's verifier (or its lack of one)."""
+        return [a for a in self.spec.search_space.aggregator if RULES[a].needs_verifier == (generation.verifier is not None)]
+
+    def _store(self, generation_id: int, flight: _InFlight, result: GenerationResult) -> None:
+        """The generation's rows, then its branches into the pool: the fill at once, the timed ones
+        once they are known to be lossless (at once without speculation)."""
+        spec, generation = self.spec, flight.generation
+        self.repo.finish_generation(generation_id, result)
+        if not spec.sample_pool:
+            return
+        key = self._pool_key(generation)
+        verifier = generation.verifier
+        if result.scores and verifier:
+            self.repo.add_pool_scores(verifier, result.scores)
+        fill = [PoolDraw(self._shas[p.index], p.seed, i, b) for p in result.filled for i, b in enumerate(p.branches)]
+        self.repo.add_pool_samples(key, fill, generation_id, verifier)
+        seeds = dict(flight.plan.timed)
+        timed = [PoolDraw(self._shas[p.index], seeds[p.index], i, b) for p in result.timed for i, b in enumerate(p.branches)]
+        if generation.speculative_method is not None:
+            pooled = self._pooled(generation, [p.index for p in result.timed], scored_only=False)
+            verdict = check_against_pool(result.timed, pooled, spec.seed, self._baseline_trial(generation))
+            self.repo.record_losslessness(generation_id, verdict)
+            if verdict.verdict != "lossless":
+                return
+        self.repo.add_pool_samples(key, timed, generation_id, verifier)
+
+    def _baseline_trial(self, generation: Generation) -> int | None:
+        """The number of this study's trial without speculation, same sampling, most branches."""
+        trials = [
+            t
+            for t in self.repo.trials(self.spec.study, states=[TrialState.COMPLETE])
+            if t.config.speculative_method is None and self._pool_key(t.config) == self._pool_key(generation)
+        ]
+        baseline = min(trials, key=lambda t: (-t.config.branches, t.number), default=None)
+        return baseline.number if baseline else None
+
+    def _pooled(self, generation: Generation, indices: list[int], scored_only: bool = True) -> dict[int, list[Branch]]:
+        """Pooled samples of these problems (with the generation's verifier scores where it has one)."""
+        found = self.repo.pool_samples(self._pool_key(generation), [self._shas[i] for i in indices], generation.verifier)
+        keep = (lambda b: b.verifier_score is not None) if generation.verifier and scored_only else (lambda b: True)
+        return {i: [s.branch for s in found[self._shas[i]] if keep(s.branch)] for i in indices}
+
+    # ------------------------------------------------------------------ scoring configs
+
+    def _score(
+        self,
+        study: optuna.Study,
+        asked: list[tuple[optuna.Trial, TTSConfig, int]],
+        generation_id: int,
+        measured: dict[str, TrialSummary],
+    ) -> list[TrialSummary]:
+        """Accuracy and latency of configs on a stored generation; Optuna hears of each."""
+        summaries = []
+        for trial, config, trial_id in asked:
+            summary = self.repo.complete_trial(trial_id, self._numbers(config, generation_id))
+            measured[config.key()] = summary
+            self._tell(study, trial, summary)
+            summaries.append(summary)
+        return summaries
+
+    def _numbers(self, config: TTSConfig, generation_id: int):
+        timed = self.repo.timed_problems(generation_id)
+        pool = None
+        if self.spec.sample_pool and not self._lossy_or_untested(config.generation(), generation_id):
+            pooled = self._pooled(config.generation(), list(range(len(self._problems))))
+            if all(len(samples) >= config.branches for samples in pooled.values()):
+                pool = pooled
+        return evaluate(config, timed, self._problems, self.spec.aggregation.model_dump(), pool, self.spec.seed)
+
+    def _lossy_or_untested(self, generation: Generation, generation_id: int) -> bool:
+        if generation.speculative_method is None:
+            return False
+        lossless = self.repo.generation(generation_id).lossless
+        return lossless is None or lossless.verdict != "lossless"
+
+    def _siblings(
+        self, study: optuna.Study, flight: _InFlight, generation_id: int, measured: dict[str, TrialSummary]
+    ) -> list[TrialSummary]:
+        """The generation's other aggregators: scored from its branches, added to Optuna as finished trials."""
+        summaries = []
+        for aggregator in self._aggregators(flight.generation):
+            config = flight.generation.with_aggregator(aggregator)
+            if config.key() in measured:
+                continue
+            numbers = self._numbers(config, generation_id)
+            frozen = optuna.trial.create_trial(
+                params=self.spec.search_space.params_for(config),
+                distributions=self._distributions,
+                values=[numbers.accuracy, numbers.latency_s.get(self.spec.latency_statistic)],
+                constraints=self._constraints(numbers.latency_s.get(self.spec.latency_statistic), self._lossy(generation_id)),
+                user_attrs={"latts_generation": generation_id, "latts_config": config.key()},
+            )
+            study.add_trial(frozen)
+            number = next(t.number for t in reversed(study.get_trials(deepcopy=False)) if t.user_attrs.get("latts_config") == config.key())
+            trial_id = self.repo.start_trial(self.spec.study, number, config, generation_id)
+            summary = self.repo.complete_trial(trial_id, numbers)
+            measured[config.key()] = summary
+            summaries.append(summary)
+        return summaries
+
+    def _lossy(self, generation_id: int) -> bool:
+        lossless = self.repo.generation(generation_id).lossless
+        return lossless is not None and lossless.verdict == "lossy"
+
+    def _constraints(self, latency: float, lossy: bool) -> dict[str, float]:
+        # Feasible iff within the largest budget and not lossy (Optuna: constraint values <= 0 are satisfied).
+        return {"latency_over_largest_budget_s": latency - max(self.spec.budgets_s), "lossy": float(lossy)}
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, summary: TrialSummary) -> None:
         if summary.state != TrialState.COMPLETE:
             study.tell(trial, state=OptunaState.FAIL)
             return
-        latency = _statistic(self.spec, summary)
-        # Feasible iff within the largest budget and not lossy (Optuna: constraint values <= 0 are satisfied).
-        trial.set_constraint("latency_over_largest_budget_s", latency - max(self.spec.budgets_s))
-        trial.set_constraint("lossy", float(summary.lossy))
+        latency = summary.latency_s.get(self.spec.latency_statistic)
+        for name, value in self._constraints(latency, summary.lossy).items():
+            trial.set_constraint(name, value)
         study.tell(trial, [summary.accuracy, latency])
 
     def _update_best(self) -> None:
-        # From storage: a verdict that arrives later (a baseline finishing) can take a trial out.
         trials = self.repo.trials(self.spec.study)
         self.state.best = {b: best_within(trials, b, self.spec.latency_statistic) for b in self.spec.budgets_s}
+
+
+def _without_speculation(generation: Generation) -> Generation:
+    return Generation(generation.branches, generation.temperature, generation.top_p, generation.max_tokens, verifier=generation.verifier)
 
 
 def _init_ray(address: str | None, spec: StudySpec) -> None:

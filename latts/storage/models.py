@@ -1,4 +1,5 @@
-"""latts' tables. Only latts.storage.repository reads and writes them.
+"""latts' tables. latts.storage.repository reads and writes the study tables, latts.storage.pool the
+sample pool's; nothing else touches them.
 
 The `latts_` prefix keeps them apart from Optuna's tables (`studies`, `trials`, ...)
 in the same database. Types are portable between SQLite and PostgreSQL.
@@ -11,20 +12,24 @@ from typing import Any, get_args
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     String,
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from latts.core.records import LosslessVerdict, TrialState
+from latts.core.records import AccuracySource, LosslessVerdict, TrialState
 
 NAME_LENGTH = 512
+KEY_LENGTH = 2048  # canonical JSON of a generation or pool key; model paths make them long
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -46,7 +51,7 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     # Plain JSON (not JSONB): PostgreSQL keeps the text as written, so floats read back bit-exact.
-    type_annotation_map = {dict[str, Any]: JSON, list[dict[str, Any]]: JSON, datetime: UTCDateTime}
+    type_annotation_map = {dict[str, Any]: JSON, list[dict[str, Any]]: JSON, list[Any]: JSON, datetime: UTCDateTime}
 
 
 class Hardware(Base):
@@ -70,61 +75,132 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Trial(Base):
-    __tablename__ = "latts_trials"
+def _one_of(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
+    allowed = "{} IN ({})".format(column, ", ".join(f"'{v}'" for v in values))
+    return f"{column} IS NULL OR {allowed}" if nullable else allowed
+
+
+class Generation(Base):
+    """One generation of a study: branches generated (and timed) for the configs that share it."""
+
+    __tablename__ = "latts_generations"
     __table_args__ = (
-        UniqueConstraint("study_id", "number", name="uq_latts_trials_study_number"),
+        CheckConstraint(_one_of("state", tuple(TrialState)), name="ck_latts_generations_state"),
         CheckConstraint(
-            "state IN ({})".format(", ".join(f"'{s}'" for s in TrialState)),
-            name="ck_latts_trials_state",
+            _one_of("lossless_verdict", get_args(LosslessVerdict), nullable=True), name="ck_latts_generations_lossless"
         ),
-        CheckConstraint("accuracy IS NULL OR (accuracy >= 0 AND accuracy <= 1)", name="ck_latts_trials_accuracy"),
-        CheckConstraint(
-            "lossless_verdict IS NULL OR lossless_verdict IN ({})".format(", ".join(f"'{v}'" for v in get_args(LosslessVerdict))),
-            name="ck_latts_trials_lossless_verdict",
+        # A generation is measured once per study; a failed one may be measured again.
+        Index(
+            "uq_latts_generations_study_key",
+            "study_id",
+            "key",
+            unique=True,
+            sqlite_where=text("state != 'FAILED'"),
+            postgresql_where=text("state != 'FAILED'"),
         ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"))
-    number: Mapped[int]
-    config: Mapped[dict[str, Any]]
+    study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"), index=True)
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH))  # records.Generation.key()
+    generation: Mapped[dict[str, Any]]
     state: Mapped[TrialState] = mapped_column(String(16))
     fail_reason: Mapped[str | None] = mapped_column(Text)
-    accuracy: Mapped[float | None]
-    accuracy_lo: Mapped[float | None]
-    accuracy_hi: Mapped[float | None]
-    latency_mean: Mapped[float | None]
-    latency_p50: Mapped[float | None]
-    latency_p90: Mapped[float | None]
-    latency_p99: Mapped[float | None]
-    n_problems: Mapped[int | None]
+    worker: Mapped[str | None] = mapped_column(Text)
     engine_start_s: Mapped[float | None]
+    engine_starts: Mapped[int | None]
     warmup_s: Mapped[float | None]
+    generated_tokens: Mapped[int | None]
     drafted_tokens: Mapped[int | None]
     accepted_tokens: Mapped[int | None]
     num_drafts: Mapped[int | None]
-    # Speculative trials: their answer-shift test against a trial without speculation (NULL: none).
+    vllm_cpu_fix: Mapped[str | None] = mapped_column(String(16))
+    # Speculative generations: their answer-shift test against the sample pool (NULL: not yet).
     lossless_verdict: Mapped[str | None] = mapped_column(String(16))
     lossless_p_value: Mapped[float | None]
-    lossless_baseline: Mapped[int | None]  # the baseline's trial number in the same study
-    vllm_cpu_fix: Mapped[str | None] = mapped_column(String(16))
-    worker: Mapped[str | None] = mapped_column(Text)
+    lossless_baseline: Mapped[int | None]  # number of the study's trial without speculation that filled the pool
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
 
 
-class ProblemResultRow(Base):
-    __tablename__ = "latts_problem_results"
-    __table_args__ = (UniqueConstraint("trial_id", "problem_index", name="uq_latts_problem_results_trial_index"),)
+class Trial(Base):
+    """One config: a generation and an aggregator, with its accuracy and latency."""
+
+    __tablename__ = "latts_trials"
+    __table_args__ = (
+        UniqueConstraint("study_id", "number", name="uq_latts_trials_study_number"),
+        CheckConstraint(_one_of("state", tuple(TrialState)), name="ck_latts_trials_state"),
+        CheckConstraint(_one_of("accuracy_source", get_args(AccuracySource), nullable=True), name="ck_latts_trials_source"),
+        CheckConstraint("accuracy IS NULL OR (accuracy >= 0 AND accuracy <= 1)", name="ck_latts_trials_accuracy"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    trial_id: Mapped[int] = mapped_column(ForeignKey("latts_trials.id", ondelete="CASCADE"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"))
+    number: Mapped[int]  # the Optuna trial number
+    config: Mapped[dict[str, Any]]
+    state: Mapped[TrialState] = mapped_column(String(16))
+    fail_reason: Mapped[str | None] = mapped_column(Text)
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("latts_generations.id"), index=True)
+    accuracy: Mapped[float | None]
+    accuracy_lo: Mapped[float | None]
+    accuracy_hi: Mapped[float | None]
+    accuracy_source: Mapped[str | None] = mapped_column(String(16))
+    n_problems: Mapped[int | None]  # behind the accuracy
+    latency_mean: Mapped[float | None]
+    latency_p50: Mapped[float | None]
+    latency_p90: Mapped[float | None]
+    latency_p99: Mapped[float | None]
+    n_latency_problems: Mapped[int | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class TimedProblemRow(Base):
+    """A problem whose latency a generation measured, with its branches."""
+
+    __tablename__ = "latts_timed_problems"
+    __table_args__ = (UniqueConstraint("generation_id", "problem_index", name="uq_latts_timed_problems_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("latts_generations.id", ondelete="CASCADE"))
     problem_index: Mapped[int]
-    problem_id: Mapped[str] = mapped_column(Text)
-    reference: Mapped[str] = mapped_column(Text)
     # Each Branch as a dict: text, answer, n_tokens, token_logprobs (list), verifier_score.
     branches: Mapped[list[dict[str, Any]]]
-    aggregated_answer: Mapped[str | None] = mapped_column(Text)
-    correct: Mapped[bool]
     latency_s: Mapped[float]
+    aggregation_s: Mapped[dict[str, Any]]  # aggregator -> seconds
+    answers: Mapped[dict[str, Any]]  # aggregator -> its answer on the worker
+
+
+class PoolSample(Base):
+    """One branch in the sample pool: shared by every trial and study with the same model, sampling and prompt."""
+
+    __tablename__ = "latts_pool_samples"
+    __table_args__ = (
+        # The same seed and branch twice would be the same sample twice: the pool takes it once.
+        UniqueConstraint("pool", "prompt_sha", "seed", "branch", name="uq_latts_pool_samples_draw"),
+        Index("ix_latts_pool_samples_prompt", "pool", "prompt_sha"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pool: Mapped[str] = mapped_column(String(KEY_LENGTH))  # model, dtype and sampling (storage.pool.PoolKey)
+    prompt_sha: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    branch: Mapped[int]  # position among the samples of that seeded request
+    text: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text)
+    n_tokens: Mapped[int]
+    token_logprobs: Mapped[list[Any]]
+    generation_id: Mapped[int | None] = mapped_column(ForeignKey("latts_generations.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PoolScore(Base):
+    """A verifier's score of a pool sample."""
+
+    __tablename__ = "latts_pool_scores"
+    __table_args__ = (UniqueConstraint("sample_id", "verifier", name="uq_latts_pool_scores_sample_verifier"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("latts_pool_samples.id", ondelete="CASCADE"))
+    verifier: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    score: Mapped[float]

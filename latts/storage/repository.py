@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, create_engine, event, func, select, update
+from sqlalchemy import Engine, Select, create_engine, event, func, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoResultFound
 from sqlalchemy.orm import Session
@@ -25,15 +27,21 @@ from latts.core import statistics
 from latts.core.errors import first_line
 from latts.core.records import (
     Branch,
+    Generation,
+    GenerationResult,
+    GenerationSummary,
     LatencyStats,
     Losslessness,
-    ProblemResult,
-    TrialResult,
+    PoolDraw,
+    PooledSample,
+    TimedProblem,
+    TrialNumbers,
     TrialState,
     TrialSummary,
     TTSConfig,
 )
-from latts.storage.models import Base, Hardware, ProblemResultRow, Study, Trial, utcnow
+from latts.storage.models import Base, Hardware, PoolSample, PoolScore, Study, TimedProblemRow, Trial, utcnow
+from latts.storage.models import Generation as GenerationRow
 
 # Writers wait this long for each other (and for Optuna's writes to the same SQLite file).
 SQLITE_BUSY_TIMEOUT_S = 60
@@ -100,11 +108,20 @@ def _branch_from_json(data: dict[str, Any]) -> Branch:
     return Branch(**{**data, "token_logprobs": tuple(float(x) for x in data["token_logprobs"])})
 
 
-def _summary(trial: Trial, study: str, hardware: str) -> TrialSummary:
+def _losslessness(generation: GenerationRow | None) -> Losslessness | None:
+    if generation is None or generation.generation.get("speculative_method") is None:
+        return None
+    if generation.lossless_verdict is None:
+        return Losslessness("untested")
+    return Losslessness(generation.lossless_verdict, generation.lossless_p_value, generation.lossless_baseline)  # type: ignore[arg-type]
+
+
+def _summary(trial: Trial, generation: GenerationRow | None, study: str, hardware: str) -> TrialSummary:
     latency = None
     if trial.latency_mean is not None:
         latency = LatencyStats(trial.latency_mean, trial.latency_p50, trial.latency_p90, trial.latency_p99)  # type: ignore[arg-type]
     ci = (trial.accuracy_lo, trial.accuracy_hi) if trial.accuracy_lo is not None else None
+    g = generation
     return TrialSummary(
         id=trial.id,
         study=study,
@@ -115,34 +132,56 @@ def _summary(trial: Trial, study: str, hardware: str) -> TrialSummary:
         fail_reason=trial.fail_reason,
         accuracy=trial.accuracy,
         accuracy_ci=ci,  # type: ignore[arg-type]
-        latency_s=latency,
+        accuracy_source=trial.accuracy_source,  # type: ignore[arg-type]
         n_problems=trial.n_problems,
-        engine_start_s=trial.engine_start_s,
-        warmup_s=trial.warmup_s,
-        drafted_tokens=trial.drafted_tokens,
-        accepted_tokens=trial.accepted_tokens,
-        mean_acceptance_length=statistics.mean_acceptance_length(trial.num_drafts, trial.accepted_tokens),
-        lossless=_losslessness(trial),
-        vllm_cpu_fix=trial.vllm_cpu_fix,  # type: ignore[arg-type]
-        worker=trial.worker,
+        latency_s=latency,
+        n_latency_problems=trial.n_latency_problems,
+        generation_id=trial.generation_id,
+        generated_tokens=g.generated_tokens if g else None,
+        engine_start_s=g.engine_start_s if g else None,
+        warmup_s=g.warmup_s if g else None,
+        drafted_tokens=g.drafted_tokens if g else None,
+        accepted_tokens=g.accepted_tokens if g else None,
+        mean_acceptance_length=statistics.mean_acceptance_length(g.num_drafts, g.accepted_tokens) if g else None,
+        lossless=_losslessness(g),
+        vllm_cpu_fix=g.vllm_cpu_fix if g else None,  # type: ignore[arg-type]
+        worker=g.worker if g else None,
         extra={
-            "num_drafts": trial.num_drafts,
+            "num_drafts": g.num_drafts if g else None,
             "started_at": trial.started_at.isoformat(),
             "finished_at": trial.finished_at.isoformat() if trial.finished_at else None,
         },
     )
 
 
-def _losslessness(trial: Trial) -> Losslessness | None:
-    if trial.config.get("speculative_method") is None:
-        return None
-    if trial.lossless_verdict is None:
-        return Losslessness("untested")
-    return Losslessness(trial.lossless_verdict, trial.lossless_p_value, trial.lossless_baseline)  # type: ignore[arg-type]
+def _generation_summary(row: GenerationRow) -> GenerationSummary:
+    return GenerationSummary(
+        id=row.id,
+        generation=Generation(**row.generation),
+        state=TrialState(row.state),
+        fail_reason=row.fail_reason,
+        lossless=_losslessness(row),
+        generated_tokens=row.generated_tokens,
+        engine_start_s=row.engine_start_s,
+        engine_starts=row.engine_starts,
+    )
 
 
-def _summary_query() -> Select[tuple[Trial, str, str]]:
-    return select(Trial, Study.name, Hardware.name).join(Study, Trial.study_id == Study.id).join(Hardware)
+def _summary_query() -> Select[tuple[Trial, GenerationRow, str, str]]:
+    return (
+        select(Trial, GenerationRow, Study.name, Hardware.name)
+        .join(Study, Trial.study_id == Study.id)
+        .join(Hardware)
+        .outerjoin(GenerationRow, Trial.generation_id == GenerationRow.id)
+    )
+
+
+def _insert_ignoring_duplicates(s: Session, table: type[Base], rows: list[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: rows that break a unique constraint are left out."""
+    if not rows:
+        return
+    insert = sqlite_insert if s.get_bind().dialect.name == "sqlite" else postgresql_insert
+    s.execute(insert(table).on_conflict_do_nothing(), rows)
 
 
 class Repository:
@@ -231,13 +270,123 @@ class Repository:
         with self._transaction() as s:
             return s.scalar(select(Study.spec).where(Study.name == name))
 
-    def start_trial(self, study: str, number: int, config: TTSConfig, worker: str | None = None) -> int:
+    def _study_id(self, s: Session, study: str) -> int:
+        study_id = s.scalar(select(Study.id).where(Study.name == study))
+        if study_id is None:
+            raise StorageError(f"study '{study}' does not exist in '{self.url}'; call ensure_study first")
+        return study_id
+
+    # ------------------------------------------------------------------ generations
+
+    def start_generation(self, study: str, generation: Generation) -> int:
+        """A generation about to run; refused while the same one runs or has completed in this study."""
         try:
             with self._transaction() as s:
-                study_id = s.scalar(select(Study.id).where(Study.name == study))
-                if study_id is None:
-                    raise StorageError(f"study '{study}' does not exist in '{self.url}'; call ensure_study first")
-                trial = Trial(study_id=study_id, number=number, config=config.to_dict(), state=TrialState.RUNNING, worker=worker)
+                row = GenerationRow(
+                    study_id=self._study_id(s, study),
+                    key=generation.key(),
+                    generation=generation.to_dict(),
+                    state=TrialState.RUNNING,
+                )
+                s.add(row)
+                s.flush()
+                return row.id
+        except IntegrityError:
+            raise StorageError(f"generation {generation.key()} of study '{study}' is already running or measured") from None
+
+    def _running_generation(self, s: Session, generation_id: int) -> GenerationRow:
+        row = s.scalar(select(GenerationRow).where(GenerationRow.id == generation_id).with_for_update())
+        if row is None:
+            raise StorageError(f"generation id {generation_id} does not exist in '{self.url}'")
+        if row.state != TrialState.RUNNING:
+            raise StorageError(f"generation id {generation_id} is already {row.state}; only RUNNING ones can end")
+        return row
+
+    def finish_generation(self, generation_id: int, result: GenerationResult) -> None:
+        """Store a generation's timed problems and engine counters, all in one transaction or nothing."""
+        if not result.timed:
+            raise StorageError(f"generation id {generation_id} timed no problem; record it with fail_generation")
+        try:
+            with self._transaction() as s:
+                row = self._running_generation(s, generation_id)
+                s.add_all(
+                    TimedProblemRow(
+                        generation_id=generation_id,
+                        problem_index=p.index,
+                        branches=[_branch_to_json(b) for b in p.branches],
+                        latency_s=p.latency_s,
+                        aggregation_s=p.aggregation_s,
+                        answers=p.answers,
+                    )
+                    for p in result.timed
+                )
+                row.state = TrialState.COMPLETE
+                row.worker = result.worker
+                row.engine_start_s, row.engine_starts, row.warmup_s = result.engine_start_s, result.engine_starts, result.warmup_s
+                row.generated_tokens = result.generated_tokens
+                row.drafted_tokens, row.accepted_tokens = result.drafted_tokens, result.accepted_tokens
+                row.num_drafts = result.num_drafts
+                row.vllm_cpu_fix = result.vllm_cpu_fix
+                row.finished_at = utcnow()
+        except IntegrityError as err:
+            raise StorageError(
+                f"cannot finish generation id {generation_id}: {first_line(err)}; each problem index must appear once"
+            ) from None
+
+    def fail_generation(self, generation_id: int, reason: str) -> None:
+        with self._transaction() as s:
+            row = self._running_generation(s, generation_id)
+            row.state, row.fail_reason, row.finished_at = TrialState.FAILED, reason, utcnow()
+
+    def record_losslessness(self, generation_id: int, verdict: Losslessness) -> None:
+        """Store a completed speculative generation's answer-shift test against the sample pool."""
+        with self._transaction() as s:
+            row = s.scalar(select(GenerationRow).where(GenerationRow.id == generation_id).with_for_update())
+            if row is None or row.state != TrialState.COMPLETE or row.generation.get("speculative_method") is None:
+                raise StorageError(f"generation id {generation_id} is not a completed speculative one; only those are tested")
+            row.lossless_verdict, row.lossless_p_value = verdict.verdict, verdict.p_value
+            row.lossless_baseline = verdict.baseline_trial
+
+    def generation(self, generation_id: int) -> GenerationSummary:
+        with self._transaction() as s:
+            row = s.get(GenerationRow, generation_id)
+            if row is None:
+                raise StorageError(f"generation id {generation_id} does not exist in '{self.url}'")
+            return _generation_summary(row)
+
+    def generations(self, study: str, states: Iterable[TrialState] | None = None) -> list[GenerationSummary]:
+        query = select(GenerationRow).join(Study).where(Study.name == study).order_by(GenerationRow.id)
+        if states is not None:
+            query = query.where(GenerationRow.state.in_(list(states)))
+        with self._transaction() as s:
+            return [_generation_summary(row) for row in s.scalars(query)]
+
+    def timed_problems(self, generation_id: int) -> list[TimedProblem]:
+        query = select(TimedProblemRow).where(TimedProblemRow.generation_id == generation_id)
+        with self._transaction() as s:
+            return [
+                TimedProblem(
+                    index=row.problem_index,
+                    branches=tuple(_branch_from_json(b) for b in row.branches),
+                    latency_s=row.latency_s,
+                    aggregation_s=row.aggregation_s,
+                    answers=row.answers,
+                )
+                for row in s.scalars(query.order_by(TimedProblemRow.problem_index))
+            ]
+
+    # ------------------------------------------------------------------ trials
+
+    def start_trial(self, study: str, number: int, config: TTSConfig, generation_id: int | None = None) -> int:
+        try:
+            with self._transaction() as s:
+                trial = Trial(
+                    study_id=self._study_id(s, study),
+                    number=number,
+                    config=config.to_dict(),
+                    state=TrialState.RUNNING,
+                    generation_id=generation_id,
+                )
                 s.add(trial)
                 s.flush()
                 return trial.id
@@ -256,49 +405,20 @@ class Repository:
             raise StorageError(f"trial id {trial_id} is already {trial.state}; only RUNNING trials can be finished or failed")
         return trial
 
-    def finish_trial(self, trial_id: int, result: TrialResult) -> TrialSummary:
-        """Write every problem row and the trial's aggregates in one transaction, or nothing."""
-        problems = result.problems
-        if not problems:
-            raise StorageError(f"trial id {trial_id} has no problem results; record it with fail_trial instead")
-        n_correct = sum(p.correct for p in problems)
-        accuracy_lo, accuracy_hi = statistics.wilson_interval(n_correct, len(problems))
-        latency = statistics.latency_stats([p.latency_s for p in problems])
-        try:
-            with self._transaction() as s:
-                trial = self._running_trial(s, trial_id)
-                s.add_all(
-                    ProblemResultRow(
-                        trial_id=trial_id,
-                        problem_index=p.index,
-                        problem_id=p.problem_id,
-                        reference=p.reference,
-                        branches=[_branch_to_json(b) for b in p.branches],
-                        aggregated_answer=p.aggregated_answer,
-                        correct=p.correct,
-                        latency_s=p.latency_s,
-                    )
-                    for p in problems
-                )
-                trial.state = TrialState.COMPLETE
-                trial.accuracy = n_correct / len(problems)
-                trial.accuracy_lo, trial.accuracy_hi = accuracy_lo, accuracy_hi
-                trial.latency_mean, trial.latency_p50 = latency.mean, latency.p50
-                trial.latency_p90, trial.latency_p99 = latency.p90, latency.p99
-                trial.n_problems = len(problems)
-                trial.engine_start_s, trial.warmup_s = result.engine_start_s, result.warmup_s
-                trial.drafted_tokens = result.drafted_tokens
-                trial.accepted_tokens = result.accepted_tokens
-                trial.num_drafts = result.num_drafts
-                trial.vllm_cpu_fix = result.vllm_cpu_fix
-                trial.worker = result.worker
-                trial.finished_at = utcnow()
-                s.flush()
-                return self._trial(s, trial_id)
-        except IntegrityError as err:
-            raise StorageError(
-                f"cannot finish trial id {trial_id}: {first_line(err)}; each problem index must appear once"
-            ) from None
+    def complete_trial(self, trial_id: int, numbers: TrialNumbers, generation_id: int | None = None) -> TrialSummary:
+        """Store a running trial's accuracy and latency (computed from its generation and the pool)."""
+        with self._transaction() as s:
+            trial = self._running_trial(s, trial_id)
+            trial.state = TrialState.COMPLETE
+            trial.generation_id = generation_id or trial.generation_id
+            trial.accuracy, trial.accuracy_source, trial.n_problems = numbers.accuracy, numbers.accuracy_source, numbers.n_problems
+            trial.accuracy_lo, trial.accuracy_hi = numbers.accuracy_ci
+            trial.latency_mean, trial.latency_p50 = numbers.latency_s.mean, numbers.latency_s.p50
+            trial.latency_p90, trial.latency_p99 = numbers.latency_s.p90, numbers.latency_s.p99
+            trial.n_latency_problems = numbers.n_latency_problems
+            trial.finished_at = utcnow()
+            s.flush()
+            return self._trial(s, trial_id)
 
     def fail_trial(self, trial_id: int, reason: str) -> TrialSummary:
         """Mark a trial FAILED with its reason; its measurements stay empty, never made up."""
@@ -308,17 +428,6 @@ class Repository:
             trial.fail_reason = reason
             trial.finished_at = utcnow()
         return self.trial(trial_id)
-
-    def record_losslessness(self, trial_id: int, verdict: Losslessness) -> TrialSummary:
-        """Store a completed speculative trial's answer-shift test against its baseline."""
-        with self._transaction() as s:
-            trial = s.scalar(select(Trial).where(Trial.id == trial_id).with_for_update())
-            if trial is None or trial.state != TrialState.COMPLETE or trial.config.get("speculative_method") is None:
-                raise StorageError(f"trial id {trial_id} is not a completed speculative trial; only those are tested")
-            trial.lossless_verdict = verdict.verdict
-            trial.lossless_p_value = verdict.p_value
-            trial.lossless_baseline = verdict.baseline_trial
-            return self._trial(s, trial_id)
 
     def trial(self, trial_id: int) -> TrialSummary:
         with self._transaction() as s:
@@ -356,21 +465,62 @@ class Repository:
         with self._transaction() as s:
             return [_summary(*row) for row in s.execute(query)]
 
-    def problem_results(self, trial_id: int) -> list[ProblemResult]:
-        query = select(ProblemResultRow).where(ProblemResultRow.trial_id == trial_id)
+    # ------------------------------------------------------------------ the sample pool
+
+    def add_pool_samples(
+        self, pool: str, samples: Iterable[PoolDraw], generation_id: int | None = None, verifier: str | None = None
+    ) -> None:
+        """Branches into the pool of `pool` (model, dtype, sampling), with `verifier`'s scores where
+        they carry one; a draw already there is kept once."""
+        samples = list(samples)
+        rows = [
+            {
+                "pool": pool,
+                "prompt_sha": d.prompt_sha,
+                "seed": d.seed,
+                "branch": d.branch,
+                **{k: v for k, v in _branch_to_json(d.sample).items() if k != "verifier_score"},
+                "generation_id": generation_id,
+                "created_at": utcnow(),
+            }
+            for d in samples
+        ]
         with self._transaction() as s:
-            return [
-                ProblemResult(
-                    index=row.problem_index,
-                    problem_id=row.problem_id,
-                    reference=row.reference,
-                    branches=tuple(_branch_from_json(b) for b in row.branches),
-                    aggregated_answer=row.aggregated_answer,
-                    correct=row.correct,
-                    latency_s=row.latency_s,
+            _insert_ignoring_duplicates(s, PoolSample, rows)
+            scored = {(d.prompt_sha, d.seed, d.branch): d.sample.verifier_score for d in samples if d.sample.verifier_score is not None}
+            if verifier and scored:
+                ids = s.execute(
+                    select(PoolSample.id, PoolSample.prompt_sha, PoolSample.seed, PoolSample.branch).where(
+                        PoolSample.pool == pool, PoolSample.prompt_sha.in_({sha for sha, _, _ in scored})
+                    )
                 )
-                for row in s.scalars(query.order_by(ProblemResultRow.problem_index))
-            ]
+                score_rows = [
+                    {"sample_id": row.id, "verifier": verifier, "score": scored[(row.prompt_sha, row.seed, row.branch)]}
+                    for row in ids
+                    if (row.prompt_sha, row.seed, row.branch) in scored
+                ]
+                _insert_ignoring_duplicates(s, PoolScore, score_rows)
+
+    def add_pool_scores(self, verifier: str, scores: dict[int, float]) -> None:
+        rows = [{"sample_id": sample_id, "verifier": verifier, "score": score} for sample_id, score in scores.items()]
+        with self._transaction() as s:
+            _insert_ignoring_duplicates(s, PoolScore, rows)
+
+    def pool_samples(self, pool: str, prompt_shas: Iterable[str], verifier: str | None = None) -> dict[str, list[PooledSample]]:
+        """Each prompt's pooled samples in pool order, with `verifier`'s score where it has one."""
+        shas = list(dict.fromkeys(prompt_shas))
+        score = select(PoolScore.score).where(PoolScore.sample_id == PoolSample.id, PoolScore.verifier == verifier)
+        query = (
+            select(PoolSample, score.scalar_subquery() if verifier else literal(None))
+            .where(PoolSample.pool == pool, PoolSample.prompt_sha.in_(shas))
+            .order_by(PoolSample.id)
+        )
+        found: dict[str, list[PooledSample]] = {sha: [] for sha in shas}
+        with self._transaction() as s:
+            for row, verifier_score in s.execute(query):
+                branch = Branch(row.text, row.answer, row.n_tokens, tuple(float(x) for x in row.token_logprobs), verifier_score)
+                found[row.prompt_sha].append(PooledSample(row.id, branch))
+        return found
 
     def studies(self) -> list[StudyInfo]:
         return self._studies(None)

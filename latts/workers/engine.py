@@ -6,7 +6,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from latts.core.records import EngineKey, TTSConfig
+from latts.core.records import EngineKey, Generation
 from latts.core.spec import EngineSpec
 from latts.demo import models as demo_models
 
@@ -47,20 +47,22 @@ class Engine:
         )
         self.start_s = time.perf_counter() - started
 
-    def generate(self, prompts: list[str], config: TTSConfig, seeds: list[int]) -> list[list[Sample]]:
-        """`config.branches` samples for each prompt, submitted together."""
+    def generate(
+        self, prompts: list[str], generation: Generation, seeds: list[int], n: list[int] | None = None
+    ) -> list[list[Sample]]:
+        """`generation.branches` samples for each prompt (or `n[i]` for prompt i), submitted together."""
         from vllm import SamplingParams
 
         params = [
             SamplingParams(
-                n=config.branches,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                max_tokens=config.max_tokens,
+                n=count,
+                temperature=generation.temperature,
+                top_p=generation.top_p,
+                max_tokens=generation.max_tokens,
                 logprobs=0,  # the sampled token's own log-probability, as the engine computed it
                 seed=seed,
             )
-            for seed in seeds
+            for seed, count in zip(seeds, n or [generation.branches] * len(seeds), strict=True)
         ]
         requests = self.llm.generate(prompts, params, use_tqdm=False)
         return [

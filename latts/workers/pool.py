@@ -1,4 +1,4 @@
-"""Ray actors that hold engines and run whole trials, and the pool the controller drives them through."""
+"""Ray actors that hold engines and run whole generations, and the pool the controller drives them through."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from typing import Any
 
 from latts.aggregation import aggregate
 from latts.core.errors import first_line
-from latts.core.records import Branch, EngineKey, ProblemResult, TrialResult, TTSConfig
+from latts.core.records import Branch, EngineKey, FilledProblem, GenerationPlan, GenerationResult, TimedProblem
 from latts.core.spec import StudySpec
-from latts.problems import Problem, extract_boxed, grade
+from latts.problems import Problem, extract_boxed
 from latts.workers import hardware
-from latts.workers.engine import EngineCache
+from latts.workers.engine import EngineCache, Sample
 
 
 class TrialFailed(Exception):
-    """A trial that could not be measured; the message is its one-line reason."""
+    """A generation that could not be measured; the message is its one-line reason."""
 
 
 class EngineWorker:
-    """One Ray actor: an engine cache and the problem list; runs a trial start to finish."""
+    """One Ray actor: an engine cache and the problem list; runs a generation plan start to finish."""
 
     def __init__(self, name: str, spec: StudySpec, problems: list[Problem]) -> None:
         self.name = f"{name}@{socket.gethostname()}"
@@ -33,81 +33,99 @@ class EngineWorker:
     def detect_hardware(self) -> dict[str, Any]:
         return hardware.detect()
 
-    @staticmethod
-    def _scores(verifier, prompt: str, samples) -> list[float | None]:
-        if verifier is None:
-            return [None] * len(samples)
-        return verifier.score(prompt, [s.text for s in samples])
-
-    def run_trial(self, config: TTSConfig, key: EngineKey) -> TrialResult:
+    def run_generation(self, plan: GenerationPlan) -> GenerationResult:
         try:
-            return self._run_trial(config, key)
+            return self._run(plan)
         except Exception as exc:
             # Ray must pickle what a task raises, and vLLM's errors do not always pickle.
             raise TrialFailed(_reason(exc)) from None
 
-    def _run_trial(self, config: TTSConfig, key: EngineKey) -> TrialResult:
+    def _branches(self, verifier, prompt: str, samples: list[Sample]) -> tuple[Branch, ...]:
+        scores = verifier.score(prompt, [s.text for s in samples]) if verifier else [None] * len(samples)
+        return tuple(
+            Branch(s.text, extract_boxed(s.text), s.n_tokens, s.token_logprobs, score)
+            for s, score in zip(samples, scores, strict=True)
+        )
+
+    def _run(self, plan: GenerationPlan) -> GenerationResult:
         from latts.workers import vllm_cpu_fix  # torch: on workers only
-        engine, started = self.cache.get(key)
-        engine_start_s = engine.start_s if started else 0.0
-        verifier = None
-        if config.verifier is not None:
-            verifier, started = self.cache.get(self.spec.engine.verifier_key(config.verifier))
-            engine_start_s += verifier.start_s if started else 0.0
-        parameters = self.spec.aggregation.model_dump()
+
+        generation = plan.generation
+        starts: list[float] = []  # seconds of each engine started for this plan
+
+        def cached(key: EngineKey):
+            found, started = self.cache.get(key)
+            if started:
+                starts.append(found.start_s)
+            return found
+
+        engine = cached(plan.engine)
+        verifier = cached(self.spec.engine.verifier_key(generation.verifier)) if generation.verifier else None
         # Warm the request path for this branch count; recorded, never counted in problem latency.
         warm_start = time.perf_counter()
-        (warm,) = engine.generate([self.problems[0].prompt], config, seeds=[self.spec.seed])
-        self._scores(verifier, self.problems[0].prompt, warm)
+        (warm,) = engine.generate([self.problems[0].prompt], generation, seeds=[self.spec.seed])
+        self._branches(verifier, self.problems[0].prompt, warm)
         warmup_s = time.perf_counter() - warm_start
+        tokens = sum(s.n_tokens for s in warm)
         counters_before = engine.spec_counters()
 
-        # Problems go one at a time (the latency-sensitive single-request setting), or in groups of
-        # `concurrency` submitted together; then each problem's latency is its group's wall time.
-        results: list[ProblemResult] = []
-        group_size = self.spec.concurrency
-        for start in range(0, len(self.problems), group_size):
-            group = self.problems[start : start + group_size]
-            indices = range(start, start + len(group))
+        # Timed problems go one at a time (the latency-sensitive single-request setting), or in groups
+        # of `concurrency` submitted together; then each problem's latency is its group's wall time.
+        timed: list[TimedProblem] = []
+        for start in range(0, len(plan.timed), self.spec.concurrency):
+            group = plan.timed[start : start + self.spec.concurrency]
+            prompts = [self.problems[index].prompt for index, _ in group]
             submitted = time.perf_counter()
-            samples = engine.generate(
-                [p.prompt for p in group], config, seeds=[self.spec.seed * 1_000_003 + i for i in indices]
-            )
-            branches = [
-                tuple(
-                    Branch(s.text, extract_boxed(s.text), s.n_tokens, s.token_logprobs, score)
-                    for s, score in zip(problem_samples, self._scores(verifier, problem.prompt, problem_samples))
-                )
-                for problem, problem_samples in zip(group, samples, strict=True)
-            ]
-            answers = [aggregate(config.aggregator, b, parameters) for b in branches]
+            samples = engine.generate(prompts, generation, seeds=[seed for _, seed in group])
+            branches = [self._branches(verifier, prompt, s) for prompt, s in zip(prompts, samples, strict=True)]
             latency_s = time.perf_counter() - submitted
-            results.extend(
-                ProblemResult(
-                    index=index,
-                    problem_id=problem.id,
-                    reference=problem.answer,
-                    branches=problem_branches,
-                    aggregated_answer=answer,
-                    correct=grade(answer, problem.answer),
-                    latency_s=latency_s,
-                )
-                for index, problem, problem_branches, answer in zip(indices, group, branches, answers, strict=True)
-            )
-
+            for (index, _), problem_branches in zip(group, branches, strict=True):
+                tokens += sum(b.n_tokens for b in problem_branches)
+                timed.append(TimedProblem(index, problem_branches, latency_s, *self._aggregate_each(plan, problem_branches)))
         counters = {k: v - counters_before[k] for k, v in engine.spec_counters().items()}
-        speculative = config.speculative_method is not None
-        return TrialResult(
-            problems=results,
+
+        # Untimed: fill the sample pool (all at once, for throughput) and score pooled samples.
+        filled = []
+        if plan.fill:
+            filler = cached(plan.fill_engine or plan.engine)
+            prompts = [self.problems[index].prompt for index, _, _ in plan.fill]
+            outputs = filler.generate(prompts, generation, seeds=[seed for _, _, seed in plan.fill], n=[n for _, n, _ in plan.fill])
+            for (index, _, seed), prompt, samples in zip(plan.fill, prompts, outputs, strict=True):
+                tokens += sum(s.n_tokens for s in samples)
+                filled.append(FilledProblem(index, seed, self._branches(verifier, prompt, samples)))
+        scores = {}
+        if plan.score and verifier is not None:
+            for index in dict.fromkeys(index for _, index, _ in plan.score):
+                ids, texts = zip(*[(sample_id, text) for sample_id, i, text in plan.score if i == index], strict=True)
+                scores.update(zip(ids, verifier.score(self.problems[index].prompt, list(texts)), strict=True))
+
+        speculative = generation.speculative_method is not None
+        return GenerationResult(
+            timed=timed,
             worker=self.name,
-            engine_start_s=engine_start_s,
+            engine_start_s=sum(starts),
+            engine_starts=len(starts),
             warmup_s=warmup_s,
+            generated_tokens=tokens,
+            filled=filled,
+            scores=scores,
             drafted_tokens=counters["drafted_tokens"] if speculative else None,
             accepted_tokens=counters["accepted_tokens"] if speculative else None,
             num_drafts=counters["num_drafts"] if speculative else None,
             # vLLM ran the plugin in each of its processes already; this reads the same verdict.
             vllm_cpu_fix=vllm_cpu_fix.apply(),
         )
+
+    @staticmethod
+    def _aggregate_each(plan: GenerationPlan, branches: tuple[Branch, ...]) -> tuple[dict[str, float], dict[str, str | None]]:
+        """Each aggregator's own time on these branches (a config's latency adds it to the generation's)
+        and its answer (kept, so that storage can be checked against what the worker saw)."""
+        seconds, answers = {}, {}
+        for name in plan.aggregators:
+            started = time.perf_counter()
+            answers[name] = aggregate(name, branches, plan.aggregation)
+            seconds[name] = time.perf_counter() - started
+        return seconds, answers
 
 
 def worker_env(spec: StudySpec, index: int) -> dict[str, str]:
@@ -139,14 +157,14 @@ class _Slot:
     index: int
     actor: Any
     keys: list[EngineKey] = field(default_factory=list)
-    running: tuple[int, Any, float] | None = None  # (trial id, object ref, start time)
+    running: tuple[int, Any, float] | None = None  # (generation id, object ref, start time)
 
 
 @dataclass(frozen=True)
 class Finished:
-    trial_id: int
-    result: TrialResult | None
-    error: str | None  # one line, when the trial failed
+    generation_id: int
+    result: GenerationResult | None
+    error: str | None  # one line, when the generation failed
 
 
 class WorkerPool:
@@ -177,21 +195,18 @@ class WorkerPool:
     def idle(self) -> int:
         return sum(slot.running is None for slot in self._slots)
 
-    @property
-    def in_flight(self) -> list[int]:
-        return [slot.running[0] for slot in self._slots if slot.running]
-
-    def submit(self, trial_id: int, config: TTSConfig, key: EngineKey) -> None:
+    def submit(self, generation_id: int, plan: GenerationPlan) -> None:
         idle = [slot for slot in self._slots if slot.running is None]
+        key = plan.engine
         # Prefer a worker that already holds this engine: an engine start costs seconds to minutes.
         slot = next((s for s in idle if key in s.keys), None) or min(idle, key=lambda s: len(s.keys))
-        ref = slot.actor.run_trial.remote(config, key)
-        slot.running = (trial_id, ref, time.monotonic())
+        ref = slot.actor.run_generation.remote(plan)
+        slot.running = (generation_id, ref, time.monotonic())
         slot.keys = [k for k in slot.keys if k != key] + [key]
         del slot.keys[: -self.spec.workers.engines_per_worker]
 
     def wait(self, timeout_s: float = 1.0) -> list[Finished]:
-        """Trials that ended within `timeout_s`; a dead or overdue worker is replaced."""
+        """Generations that ended within `timeout_s`; a dead or overdue worker is replaced."""
         ray = self._ray
         running = {slot.running[1]: slot for slot in self._slots if slot.running}
         if not running:
@@ -200,15 +215,16 @@ class WorkerPool:
         finished = []
         for ref in ready:
             slot = running[ref]
-            trial_id = slot.running[0]
+            generation_id = slot.running[0]
             try:
-                finished.append(Finished(trial_id, ray.get(ref), None))
+                finished.append(Finished(generation_id, ray.get(ref), None))
                 slot.running = None
             except ray.exceptions.RayActorError as exc:
-                finished.append(Finished(trial_id, None, f"worker died: {_reason(exc)}"))
+                finished.append(Finished(generation_id, None, f"worker died: {_reason(exc)}"))
                 self._replace(slot)
-            except ray.exceptions.RayTaskError as exc:  # the trial raised inside the worker: engine start, OOM...
-                finished.append(Finished(trial_id, None, str(exc.cause) if isinstance(exc.cause, TrialFailed) else _reason(exc)))
+            except ray.exceptions.RayTaskError as exc:  # it raised inside the worker: engine start, OOM...
+                cause = exc.cause
+                finished.append(Finished(generation_id, None, str(cause) if isinstance(cause, TrialFailed) else _reason(exc)))
                 slot.running = None
         now = time.monotonic()
         for slot in self._slots:

@@ -1,0 +1,91 @@
+"""A config's accuracy and latency, computed from its generation's stored branches (and the pool).
+
+Runs in the controller; pure functions of stored records. Generation happens once per generation;
+every aggregator of the study is scored from the same branches here, search-and-learn style.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from latts.aggregation import aggregate
+from latts.aggregation.estimators import problem_accuracy
+from latts.core.records import Branch, Generation, TimedProblem, TrialNumbers, TTSConfig
+from latts.core.statistics import bootstrap_mean_interval, latency_stats, wilson_interval
+from latts.problems import Problem, grade
+
+
+def prompt_sha(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode()).hexdigest()
+
+
+def pool_key(model: str, dtype: str, generation: Generation) -> str:
+    """Which pool a generation's branches join: answers depend on the model and sampling, not on the
+    hardware or the engine's speculation (lossless engines only join)."""
+    sampling = {"temperature": generation.temperature, "top_p": generation.top_p, "max_tokens": generation.max_tokens}
+    return json.dumps({"model": model, "dtype": dtype, **sampling}, sort_keys=True)
+
+
+def stable_seed(*parts: object) -> int:
+    """A sampling seed from parts (the same parts, the same seed, on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "big")
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _grade(answer: str, reference: str) -> bool:
+    return grade(answer, reference)
+
+
+def _correct(answers: Sequence[str | None], reference: str) -> dict[str, bool]:
+    return {a: _grade(a, reference) for a in answers if a is not None}
+
+
+def latencies(config: TTSConfig, timed: Sequence[TimedProblem]) -> list[float]:
+    """Each timed problem's latency for this config: generation plus its aggregator's own time."""
+    return [p.latency_s + p.aggregation_s[config.aggregator] for p in timed]
+
+
+def evaluate(
+    config: TTSConfig,
+    timed: Sequence[TimedProblem],
+    problems: Sequence[Problem],
+    parameters: Mapping[str, int],
+    pool: Mapping[int, Sequence[Branch]] | None = None,
+    seed: int = 0,
+) -> TrialNumbers:
+    """Accuracy from the pool (every problem's pooled samples) when given, else from the timed problems.
+
+    Pool accuracy: the mean over problems of the estimated chance that `config.branches` fresh
+    branches aggregate to a correct answer (latts.aggregation.estimators), with a 95% bootstrap
+    interval over problems. Measured accuracy: the share of timed problems answered correctly,
+    with a Wilson interval.
+    """
+    latency = latency_stats(latencies(config, timed))
+    if pool is None:
+        right = [
+            _grade(answer, problems[p.index].answer)
+            if (answer := aggregate(config.aggregator, p.branches, parameters)) is not None
+            else False
+            for p in timed
+        ]
+        n = len(right)
+        return TrialNumbers(sum(right) / n, wilson_interval(sum(right), n), "measured", n, latency, len(timed))
+    per_problem = [
+        problem_accuracy(
+            samples,
+            _correct([s.answer for s in samples], problems[index].answer),
+            config.branches,
+            config.aggregator,
+            parameters,
+            np.random.default_rng(stable_seed(seed, index, config.key())),
+        )
+        for index, samples in sorted(pool.items())
+    ]
+    accuracy = float(np.mean(per_problem))
+    interval = bootstrap_mean_interval(per_problem, seed=seed)
+    return TrialNumbers(accuracy, interval, "pool", len(per_problem), latency, len(timed))
