@@ -100,6 +100,7 @@ def make_study(url: str, folder: Path, name: str = "hand", trials: tuple[HandTri
     spec = spec_dict(name, target, **spec_changes)
     repo.ensure_hardware(spec["hardware"], {"cpu_count": 2, "gpus": []})
     repo.ensure_study(name, spec["hardware"], spec["model"], spec["benchmark"]["name"], spec)
+    repo.set_budgets(name, spec["budgets_s"])
     store_trials(repo, name, trials if trials is not None else default_trials(draft))
     return repo
 

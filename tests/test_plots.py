@@ -39,11 +39,18 @@ def test_matplotlib_figure_content(hand):
     assert list(lines["Pareto frontier"].get_xdata()) == pytest.approx([0.1, 0.3, 1.0])
     assert sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--") == BUDGETS
     texts = [t.get_text() for t in ax.texts]
-    assert texts == [
-        "<= 0.05 s: nothing fits",
-        "<= 0.5 s: #1 B=4 ngram(k=4) majority (50%)",
-        "<= 2 s: #3 B=8 draft_model(k=2) weighted_mean_logprob (100%)",
+    # Each budget's choice is listed beside the chart, and only its number sits on the chosen point.
+    assert texts[-1].splitlines() == [
+        "best within each budget:",
+        "1. <= 0.05 s: nothing fits",
+        "2. <= 0.5 s: #1 B=4 ngram(k=4) majority (50%)",
+        "3. <= 2 s: #3 B=8 draft_model(k=2) weighted_mean_logprob (100%)",
     ]
+    assert all(len(text) == 1 for text in texts[:-1])
+    # Error bars on both axes: the 95% intervals of latency and accuracy.
+    bars = [c for c in ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert len(bars) == 2 * 3  # x and y for each speculative method
+    assert ax.xaxis.get_major_formatter()(0.05, 0) == "50 ms" and ax.xaxis.get_major_formatter()(2.0, 0) == "2 s"
     # The failed trial sits apart, in the strip: one grey cross, labelled with its number.
     (crosses,) = strip.collections
     assert len(crosses.get_offsets()) == 1 and [t.get_text() for t in strip.texts] == ["#4"]
@@ -65,6 +72,13 @@ def test_plotly_figure_content(hand):
     assert frontier.line.shape == "hv" and list(frontier.x) == pytest.approx([0.1, 0.37, 1.07])  # p90 latencies
     assert sorted(shape.x0 for shape in fig.layout.shapes) == BUDGETS
     assert [a.text for a in fig.layout.annotations][0] == "<= 0.05 s: nothing fits"
+
+
+def test_no_failed_strip_when_nothing_failed(hand):
+    _, trials = hand
+    succeeded = [t for t in trials if t.state == "COMPLETE"]
+    assert len(matplotlib_figure(succeeded, BUDGETS, "mean").axes) == 1
+    assert [trace.name for trace in plotly_figure(succeeded, BUDGETS, "mean").data][-1] == "Pareto frontier"
 
 
 def test_empty_study_still_plots(tmp_path):

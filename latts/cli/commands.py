@@ -13,7 +13,7 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from latts.cli.tables import TuneProgress, best_table, trials_table
+from latts.cli.tables import TuneProgress, answers_table, best_table, trials_table
 from latts.core.records import STATISTICS, TrialState, TrialSummary
 from latts.core.spec import SpecError
 from latts.storage import Repository
@@ -118,7 +118,16 @@ def tune(
                 markup=False,
             )
     out.print(trials_table(f"Frontier of {spec.study}", pareto_front(trials, spec.latency_statistic), spec.latency_statistic))
-    out.print(best_table(state.best, spec.latency_statistic))
+    _print_answers(repo, spec.study, spec.latency_statistic, state.best)
+
+
+def _print_answers(repo, study: str, statistic, best) -> None:
+    """Each budget's raced answer with its margin, or the best config per budget where there was no race."""
+    answers = repo.budget_answers(study)
+    if answers:
+        out.print(answers_table(answers, {t.number: t for t in repo.trials(study)}, statistic))
+    else:
+        out.print(best_table(best, statistic))
 
 
 @app.command()
@@ -185,12 +194,13 @@ def best(
     as_json: JsonOption = False,
 ) -> None:
     """The most accurate config within the budget; exit code 3 when none fits."""
-    from latts.reporting.documents import best_document, scope_trials
+    from latts.reporting.documents import best_document, scope_trials, study_answers
 
     _check_budget(budget)
     _check_statistic(statistic)
-    trials = scope_trials(Repository(storage_url(storage)), study, hardware, model, benchmark)
-    document = best_document(trials, budget, statistic, include_lossy)
+    repo = Repository(storage_url(storage))
+    trials = scope_trials(repo, study, hardware, model, benchmark)
+    document = best_document(trials, budget, statistic, include_lossy, study_answers(repo, study, statistic))
     if as_json:
         _print_json(document)
     elif document.best:
@@ -199,6 +209,29 @@ def best(
         err.print(f"no completed trial fits {budget:g} s ({statistic} latency)")
     if document.best is None:
         raise typer.Exit(EXIT_NO_FIT)
+
+
+@app.command()
+@friendly_errors
+def confirm(
+    study: Annotated[str, typer.Option("--study")],
+    storage: StorageOption = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
+) -> None:
+    """Time each budget's finalists again in interleaved rounds; print each answer's margin."""
+    from latts.core.spec import parse_spec
+    from latts.optimizer.controller import Controller
+    from latts.reporting.documents import study_trials
+
+    url = storage_url(storage)
+    repo = Repository(url)
+    study_trials(repo, study)  # an unknown study fails here, in one line
+    spec = parse_spec(repo.study_spec(study), source=f"study {study}'s stored spec")
+    if not spec.race.finalists:
+        raise UsageError(f"study {study} races no finalists (race.finalists: 0); set race.finalists in its spec")
+    with err.status(f"timing the finalists of {study} again ({spec.race.rounds} rounds)"):
+        Controller(spec, repo, url).confirm(ray_address)
+    _print_answers(repo, study, spec.latency_statistic, {})
 
 
 @app.command("demo-models")
@@ -276,7 +309,7 @@ def plot_command(
     statistic = statistic or spec.get("latency_statistic", "mean")
     title = f"{study}: {info.model} on {info.benchmark}, {info.hardware}" if info else study
     try:
-        plot_study(trials, spec.get("budgets_s", []), statistic, output, title=title)
+        plot_study(trials, (info.budgets_s if info else None) or [], statistic, output, title=title)
     except PlotError as exc:
         raise UsageError(str(exc)) from None
     err.print(f"wrote {output}", markup=False)

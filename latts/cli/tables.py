@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from latts.core.records import LatencyStatistic, TrialSummary
+from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary
 
 
 def seconds(value: float) -> str:
@@ -18,11 +18,18 @@ def seconds(value: float) -> str:
     return f"{value:.4g}"
 
 
+def latency(trial: TrialSummary, statistic: LatencyStatistic) -> str:
+    """The statistic with its 95% interval; an end no order statistic reaches shows as ? (too few problems)."""
+    lo, hi = (trial.latency_ci or {}).get(statistic, (None, None))
+    ends = "-".join("?" if end is None else f"{end:.3g}" for end in (lo, hi))
+    return f"{seconds(trial.latency_s.get(statistic))} ({ends})"
+
+
 def trials_table(title: str, trials: list[TrialSummary], statistic: LatencyStatistic) -> Table:
     table = Table(title=title, title_justify="left")
     for column in ("trial", "B", "speculative", "aggregator", "verifier", "accuracy (95% CI)", "from/timed"):
         table.add_column(column, justify="right" if column in ("trial", "B") else "left")
-    table.add_column(f"{statistic} s", justify="right")  # the others are in --json
+    table.add_column(f"{statistic} s (95% CI)", justify="right")  # the other statistics are in --json
     table.add_column("accept len", justify="right")
     table.add_column("lossless", justify="left")
     for t in trials:
@@ -38,7 +45,7 @@ def trials_table(title: str, trials: list[TrialSummary], statistic: LatencyStati
             f"{t.accuracy:.1%} ({lo:.0%}-{hi:.0%})",
             # Where the accuracy comes from, over how many problems, and how many were timed.
             f"{t.accuracy_source} {t.n_problems}/{t.n_latency_problems}",
-            seconds(t.latency_s.get(statistic)),
+            latency(t, statistic),
             f"{t.mean_acceptance_length:.2f}" if t.mean_acceptance_length else "-",
             _lossless(t),
         )
@@ -66,6 +73,35 @@ def best_table(bests: dict[float, TrialSummary | None], statistic: LatencyStatis
             table.add_row(
                 f"{budget:g}", f"{t.study}#{t.number}", t.config.label(), f"{t.accuracy:.1%}", seconds(t.latency_s.get(statistic))
             )
+    return table
+
+
+def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], statistic: LatencyStatistic) -> Table:
+    """Each budget's answer after its finalists raced: the choice, whether it surely fits, its margin."""
+    rounds = max((a.rounds for a in answers), default=0)
+    table = Table(title=f"Best config per budget ({statistic} latency; finalists timed again, {rounds} rounds)", title_justify="left")
+    for column in ("budget s", "trial", "config", "accuracy", f"{statistic} s (95% CI)", "fits", "vs runner-up"):
+        table.add_column(column)
+    for a in answers:
+        if a.trial is None:
+            table.add_row(f"{a.budget_s:g}", "-", "nothing fits", "-", "-", "-", "-")
+            continue
+        chosen = trials[a.trial]
+        if a.verdict == "alone":
+            versus = "no other finalist fits"
+        else:
+            lo, hi = a.margin_ci
+            word = "beats" if a.verdict == "beats" else "tied with"
+            versus = f"{word} #{a.runner_up}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%})"
+        table.add_row(
+            f"{a.budget_s:g}",
+            f"{chosen.study}#{chosen.number}",
+            chosen.config.label(),
+            f"{chosen.accuracy:.1%}",
+            latency(chosen, statistic),
+            "yes" if a.fits_confidently else "not surely",
+            versus,
+        )
     return table
 
 
@@ -102,4 +138,5 @@ class TuneProgress:
             self.task = self.progress.add_task(self.study, total=state.target, completed=state.done, **fields)
         self.progress.update(self.task, total=state.target, completed=state.done, **fields)
         best = "  ".join(f"<= {b:g} s: {t.accuracy:.1%}" if t else f"<= {b:g} s: -" for b, t in state.best.items())
-        self.best.plain = f"best so far  {best}"
+        racing = "; timing each budget's finalists again" if state.racing else ""
+        self.best.plain = f"best so far  {best or '(budgets wait for the reference config)'}{racing}"

@@ -21,6 +21,8 @@ METHODS_WITH_MODEL: tuple[SpeculativeMethod, ...] = ("draft_model", "eagle", "ea
 
 
 LosslessVerdict = Literal["lossless", "lossy", "untested"]
+# How a budget's choice compares with the runner-up after the race: beyond noise, within it, or alone.
+MarginVerdict = Literal["beats", "tied", "alone", "nothing-fits"]
 # Where a trial's accuracy comes from: its own branches on every problem, or the sample pool.
 AccuracySource = Literal["measured", "pool"]
 # What latts did to the CPU build's speculative sampling in a trial's engine (latts.workers.vllm_cpu_fix).
@@ -134,6 +136,7 @@ class TimedProblem:
     latency_s: float  # submit of all branches -> every branch (and its verifier score) back
     aggregation_s: dict[str, float]  # seconds each aggregator of the study took on these branches
     answers: dict[str, str | None] = field(default_factory=dict)  # what each of them answered, on the worker
+    round: int = 0  # 0: the generation itself; 1, 2, ...: timed again when its configs raced
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,21 @@ class LatencyStats:
 
 
 @dataclass(frozen=True)
+class BudgetAnswer:
+    """A budget's choice after its finalists were timed again in interleaved rounds, and its margin."""
+
+    budget_s: float
+    trial: int | None  # number of the chosen trial; None when nothing fits
+    runner_up: int | None
+    fits_confidently: bool  # the chosen trial's latency interval lies within the budget
+    margin: float | None  # its accuracy minus the runner-up's, paired over the same problems
+    margin_ci: tuple[float, float] | None
+    verdict: MarginVerdict  # beats: the margin's interval excludes 0; tied: it does not
+    rounds: int
+    finalists: list[int]
+
+
+@dataclass(frozen=True)
 class TrialNumbers:
     """A config's accuracy and latency, computed from its generation (and the pool)."""
 
@@ -236,6 +254,7 @@ class TrialNumbers:
     accuracy_source: AccuracySource
     n_problems: int  # behind the accuracy
     latency_s: LatencyStats
+    latency_ci: dict[str, tuple[float | None, float | None]]  # 95% interval of each statistic; None: unbounded
     n_latency_problems: int
 
 
@@ -255,6 +274,7 @@ class TrialSummary:
     accuracy_source: AccuracySource | None = None
     n_problems: int | None = None  # behind the accuracy
     latency_s: LatencyStats | None = None
+    latency_ci: dict[str, tuple[float | None, float | None]] | None = None  # 95%, per statistic; None ends: unbounded
     n_latency_problems: int | None = None  # behind the latency (the probes, when accuracy comes from the pool)
     generation_id: int | None = None
     generated_tokens: int | None = None  # by the generation this config shares with its aggregator siblings

@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from latts.aggregation import PARAMETER_DEFAULTS, RULES, AggregatorName
 from latts.core.records import METHODS_WITH_MODEL, EngineKey, Generation, LatencyStatistic, SpeculativeMethod, TTSConfig
@@ -24,6 +25,19 @@ NONE = "none"
 
 # A hub id is `org/name`; anything that looks like a filesystem path must exist.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _multiple(budget: str) -> float:
+    return float(budget.removesuffix("x"))
+
+
+def _check_relative(value: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+)?x", value) or _multiple(value) <= 0:
+        raise ValueError(f"{value!r} is not a budget; give seconds (0.5) or a multiple of one branch without speculation (1.5x)")
+    return value
+
+
+RelativeBudget = Annotated[str, AfterValidator(_check_relative)]
 
 
 class SpecError(Exception):
@@ -183,14 +197,14 @@ class SearchSpace(_Strict):
                 params[name] = getattr(config, name)
         return params
 
-    def baselines(self) -> list[dict[str, Any]]:
+    def baselines(self, force: bool = False) -> list[dict[str, Any]]:
         """The params without speculation, one per sampling setting, that speculative configs are tested against.
 
         Most branches: the largest sample per problem for the test (and a frontier candidate anyway).
-        Empty when the space holds no speculation.
+        Empty when the space holds no speculation, unless forced.
         """
         choices = self.choices()
-        if choices["speculative"] == [NONE]:
+        if choices["speculative"] == [NONE] and not force:
             return []
         sampling = {name: choices[name] for name in ("temperature", "top_p") if name in choices}
         pair = next(
@@ -231,6 +245,27 @@ class EngineSpec(_Strict):
             max_model_len=self.max_model_len,
         )
 
+    def serve_config(self, key: EngineKey, name: Callable[[str], str] = str) -> dict[str, Any]:
+        """`vllm serve --config` keys (its YAML spells them like the flags) that serve engine `key`.
+
+        What latts' workers serve and what `latts export` writes; `name` maps model names to what
+        vLLM loads (demo names to their folders).
+        """
+        config: dict[str, Any] = {"model": name(key.model), "dtype": key.dtype, "tensor-parallel-size": key.tensor_parallel_size}
+        if key.max_model_len is not None:  # otherwise vLLM takes the model's own maximum
+            config["max-model-len"] = key.max_model_len
+        if key.runner != "generate":
+            config["runner"] = key.runner
+        speculative = key.speculative_config()
+        if speculative is not None:
+            if "model" in speculative:
+                speculative["model"] = name(speculative["model"])
+            config["speculative-config"] = speculative
+        config["gpu-memory-utilization"] = self.gpu_memory_utilization  # GPU builds only
+        if self.enforce_eager:
+            config["enforce-eager"] = True
+        return config
+
     def verifier_key(self, verifier: str) -> EngineKey:
         """The engine that scores branches with `verifier` (vLLM's pooling runner)."""
         return EngineKey(verifier, None, None, None, self.dtype, self.tensor_parallel_size, self.max_model_len, "pooling")
@@ -241,6 +276,13 @@ class AggregationSpec(_Strict):
 
     window: int = Field(default=PARAMETER_DEFAULTS["window"], ge=1)  # weighted_min_window, in tokens
     tail: int = Field(default=PARAMETER_DEFAULTS["tail"], ge=1)  # weighted_tail: last K tokens
+
+
+class RaceSpec(_Strict):
+    """At the end of `tune` (and in `latts confirm`), each budget's finalists are timed again."""
+
+    finalists: int = Field(default=3, ge=0)  # per budget; 0 switches racing off
+    rounds: int = Field(default=3, ge=1)  # interleaved: every finalist once per round
 
 
 class StudySpec(_Strict):
@@ -257,7 +299,8 @@ class StudySpec(_Strict):
     sampling: SamplingSpec = SamplingSpec()
     search_space: SearchSpace
     aggregation: AggregationSpec = AggregationSpec()
-    budgets_s: list[Annotated[float, Field(gt=0)]] = Field(min_length=1)
+    # Seconds, or multiples of the single-branch latency without speculation ("1.5x"), measured first.
+    budgets_s: list[Annotated[float, Field(gt=0)] | RelativeBudget] = Field(min_length=1)
     latency_statistic: LatencyStatistic = "mean"
     sampler: SamplerName = "nsga2"
     population_size: int = Field(default=8, ge=2)  # NSGA-II generation size
@@ -270,6 +313,7 @@ class StudySpec(_Strict):
     # trial or study), latency timed on `latency_probes` problems; false: every config on every problem.
     sample_pool: bool = True
     latency_probes: int = Field(default=8, ge=1)
+    race: RaceSpec = RaceSpec()
     trial_timeout_s: float = Field(default=1800, gt=0)
     storage: str | None = None
 
@@ -286,8 +330,31 @@ class StudySpec(_Strict):
 
     @field_validator("budgets_s")
     @classmethod
-    def _sorted_budgets(cls, value: list[float]) -> list[float]:
-        return sorted(set(value))
+    def _sorted_budgets(cls, value: list[float | str]) -> list[float | str]:
+        absolute = sorted({b for b in value if not isinstance(b, str)})
+        relative = sorted(set(b for b in value if isinstance(b, str)), key=_multiple)
+        return [*absolute, *relative]
+
+    @model_validator(mode="after")
+    def _reference_for_relative_budgets(self) -> StudySpec:
+        if self.relative_budgets and (1 not in self.search_space.branches or NONE not in self.search_space.speculative):
+            raise ValueError(
+                "relative budgets (like 1.5x) are multiples of one branch without speculation: "
+                "add 1 to search_space.branches and none to search_space.speculative"
+            )
+        return self
+
+    @property
+    def relative_budgets(self) -> bool:
+        return any(isinstance(b, str) for b in self.budgets_s)
+
+    def reference_params(self) -> dict[str, Any]:
+        """The config relative budgets are multiples of: one branch, no speculation."""
+        return {**self.search_space.baselines(force=True)[0], "branches": 1}
+
+    def resolve_budgets(self, reference_s: float) -> list[float]:
+        """Budgets in seconds, given the reference config's latency statistic."""
+        return sorted({float(f"{_multiple(b) * reference_s:.4g}") if isinstance(b, str) else b for b in self.budgets_s})
 
     def probes(self, n_problems: int) -> list[int]:
         """Indices of the problems whose latency each generation measures (all without the pool)."""
@@ -337,9 +404,9 @@ def _error_location(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif isinstance(item, str) and not item.startswith(("literal[", "function-")) and item != "SpeculativeSpec":
+        elif isinstance(item, str) and not item.startswith(("literal[", "function-", "constrained-")) and item not in ("SpeculativeSpec", "str"):
             parts.append(item)
-    return ".".join(parts) or "spec"
+    return ".".join(parts)
 
 
 def parse_spec(data: Any, source: str = "spec") -> StudySpec:
@@ -350,14 +417,16 @@ def parse_spec(data: Any, source: str = "spec") -> StudySpec:
     except ValidationError as exc:
         # Report the first problem only: one line, with the field's path and pydantic's reason.
         errors = exc.errors()
-        # In a union (`none` or a mapping) the mapping's own complaint is the useful one.
-        error = next((e for e in errors if not any(str(p).startswith("literal[") for p in e["loc"])), errors[0])
+        # In a union (`none` or a mapping, seconds or "1.5x") latts' own complaint is the useful one.
+        ours = [e for e in errors if e["type"] == "value_error"]
+        error = next((e for e in ours or errors if not any(str(p).startswith("literal[") for p in e["loc"])), errors[0])
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling against the README's spec format"
         elif error["type"] == "missing":
             message = "required field is missing; add it (see the README's spec format)"
-        raise SpecError(f"{source}: {_error_location(error['loc'])}: {message}") from None
+        where = _error_location(error["loc"])
+        raise SpecError(f"{source}: {where + ': ' if where else ''}{message}") from None
 
 
 def load_spec(path: str | Path) -> StudySpec:

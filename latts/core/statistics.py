@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -95,3 +96,28 @@ def bootstrap_mean_interval(values: Sequence[float], resamples: int = 2000, seed
     means = data[rng.integers(0, data.size, (resamples, data.size))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return (float(lo), float(hi))
+
+
+def quantile_interval(values: Sequence[float], q: float, confidence: float = 0.95) -> tuple[float | None, float | None]:
+    """Distribution-free interval for the q-quantile: a pair of order statistics (the binomial method).
+
+    An end is None where no order statistic of this few values reaches the confidence (a p99 of
+    ten latencies has no upper bound).
+    """
+    ordered = sorted(values)
+    n, tail = len(ordered), (1 - confidence) / 2
+    # P(at most k of n values fall below the quantile): X_(k) (0-based) lies below it unless so.
+    at_most = list(itertools.accumulate(math.comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(n + 1)))
+    lower = [k for k in range(n) if at_most[k] <= tail]
+    upper = [k for k in range(n) if 1 - at_most[k] <= tail]
+    return (ordered[max(lower)] if lower else None, ordered[min(upper)] if upper else None)
+
+
+def latency_intervals(latencies: Sequence[float], seed: int = 0) -> dict[str, tuple[float | None, float | None]]:
+    """95% interval of each latency statistic: bootstrap over problems for the mean, order statistics for percentiles."""
+    return {
+        "mean": bootstrap_mean_interval(latencies, seed=seed),
+        "p50": quantile_interval(latencies, 0.50),
+        "p90": quantile_interval(latencies, 0.90),
+        "p99": quantile_interval(latencies, 0.99),
+    }

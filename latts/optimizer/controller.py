@@ -16,7 +16,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 from optuna.distributions import CategoricalDistribution
@@ -25,20 +25,23 @@ from optuna.trial import TrialState as OptunaState
 from latts.aggregation import RULES
 from latts.core.records import (
     Branch,
+    BudgetAnswer,
     Generation,
     GenerationPlan,
     GenerationResult,
     GenerationSummary,
     PoolDraw,
+    TrialNumbers,
     TrialState,
     TrialSummary,
     TTSConfig,
 )
 from latts.core.spec import SearchSpace, SpecError, StudySpec
 from latts.demo.models import local_name
-from latts.optimizer.evaluation import evaluate, pool_key, prompt_sha, stable_seed
+from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, stable_seed
 from latts.optimizer.frontier import best_within
 from latts.optimizer.losslessness import check_against_pool
+from latts.optimizer.racing import budget_answer, finalists
 from latts.problems import Problem, load_problems
 from latts.storage import Repository
 from latts.workers import hardware
@@ -62,6 +65,7 @@ class TuneState:
     started_at: float = field(default_factory=time.monotonic)
     best: dict[float, TrialSummary | None] = field(default_factory=dict)
     exhausted: bool = False
+    racing: bool = False  # the search is over; the finalists are being timed again
 
 
 def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -92,6 +96,7 @@ class Controller:
         self._distributions = {name: CategoricalDistribution(c) for name, c in spec.search_space.choices().items()}
         self._problems: list[Problem] = []
         self._shas: list[str] = []
+        self.budgets: list[float] = []  # in seconds; relative ones join once the reference config is measured
 
     def run(self, ray_address: str | None, on_update: Callable[[TuneState], None] = lambda _: None) -> TuneState:
         spec = self.spec
@@ -103,15 +108,7 @@ class Controller:
 
         pool = WorkerPool(spec, self._problems)
         try:
-            detected = pool.detect_hardware()
-            recorded = self.repo.hardware(spec.hardware)
-            differs = recorded and hardware.mismatch(recorded, detected)
-            if differs:
-                raise SpecError(
-                    f"hardware: target '{spec.hardware}' was measured on another machine ({differs}); "
-                    "name a new hardware target for these workers"
-                )
-            self.repo.ensure_hardware(spec.hardware, detected)
+            self.repo.ensure_hardware(spec.hardware, self._check_hardware(pool))
             self.repo.ensure_study(spec.study, spec.hardware, spec.model, spec.benchmark.name, spec.model_dump(mode="json"))
             study = optuna.create_study(
                 study_name=spec.study,
@@ -121,16 +118,76 @@ class Controller:
                 load_if_exists=True,
             )
             fresh = not study.trials
-            # Baselines first: they fill the pool that speculative generations are tested against.
-            for params in spec.search_space.baselines():
+            # First the reference config of relative budgets, then the baselines: they fill the pool
+            # that speculative generations are tested against.
+            firsts = [spec.reference_params()] if spec.relative_budgets else []
+            for params in firsts + spec.search_space.baselines():
                 study.enqueue_trial(params, skip_if_exists=True)
             if spec.sampler == "grid" and fresh:
                 self._enqueue_grid(study)
             self._recover_interrupted(study)
             self._loop(study, pool, on_update)
+            if spec.race.finalists:
+                self.state.racing = True
+                on_update(self.state)
+                self._race(pool)
         finally:
             pool.shutdown()
         return self.state
+
+    def confirm(self, ray_address: str | None) -> list[BudgetAnswer]:
+        """Race each budget's finalists again (`latts confirm`): more timings, fresh answers."""
+        self._problems = load_problems(self.spec.benchmark)
+        self._shas = [prompt_sha(p.prompt) for p in self._problems]
+        self._resolve_budgets(self.repo.trials(self.spec.study))
+        _init_ray(ray_address, self.spec)
+        from latts.workers.pool import WorkerPool
+
+        pool = WorkerPool(self.spec, self._problems)
+        try:
+            self._check_hardware(pool)
+            return self._race(pool)
+        finally:
+            pool.shutdown()
+
+    def _check_hardware(self, pool) -> dict:
+        """What the workers run on; refused when the hardware target was measured on another machine."""
+        detected = pool.detect_hardware()
+        recorded = self.repo.hardware(self.spec.hardware)
+        differs = recorded and hardware.mismatch(recorded, detected)
+        if differs:
+            raise SpecError(
+                f"hardware: target '{self.spec.hardware}' was measured on another machine ({differs}); "
+                "name a new hardware target for these workers"
+            )
+        return detected
+
+    def _race(self, pool) -> list[BudgetAnswer]:
+        """Time every budget's finalists again in interleaved rounds; store their new numbers and the answers."""
+        spec, statistic = self.spec, self.spec.latency_statistic
+        trials = self.repo.trials(spec.study)
+        picks = {b: finalists(trials, b, statistic, spec.race.finalists) for b in self.budgets}
+        generations = sorted({t.generation_id for raced in picks.values() for t in raced})
+        stored = {g.id: g for g in self.repo.generations(spec.study)}
+        start = {gid: 1 + max(p.round for p in self.repo.timed_problems(gid)) for gid in generations}
+        for offset in range(spec.race.rounds):
+            # Rotate the order each round: no finalist always runs first, or right after an engine switch.
+            for gid in generations[offset % len(generations):] + generations[: offset % len(generations)]:
+                done = pool.run(gid, self._plan(stored[gid].generation, timing_only=True))
+                if done.result is not None:  # a worker that died mid-race costs that round's timing only
+                    self.repo.add_timing_round(gid, [replace(p, round=start[gid] + offset) for p in done.result.timed])
+        for trial in self.repo.trials(spec.study, states=[TrialState.COMPLETE]):
+            if trial.generation_id in start:
+                self.repo.update_trial_numbers(trial.id, self._numbers(trial.config, trial.generation_id))
+        trials = {t.number: t for t in self.repo.trials(spec.study)}
+        answers = []
+        for budget, raced in picks.items():
+            refreshed = [trials[t.number] for t in raced]
+            accuracies = {t.number: self._problem_accuracies(t.config, t.generation_id) for t in refreshed}
+            answers.append(budget_answer(budget, refreshed, accuracies, statistic, spec.race.rounds, spec.seed))
+        self.repo.record_budget_answers(spec.study, answers)
+        self._update_best()
+        return answers
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
         choices = self.spec.search_space.choices()
@@ -226,14 +283,17 @@ class Controller:
     def _pool_key(self, generation: Generation) -> str:
         return pool_key(local_name(self.spec.model), self.spec.engine.dtype, generation)
 
-    def _plan(self, generation: Generation) -> GenerationPlan:
-        """Time the probes; top up the pool where it holds fewer samples than branches; score it for the verifier."""
+    def _plan(self, generation: Generation, timing_only: bool = False) -> GenerationPlan:
+        """Time the probes; top up the pool where it holds fewer samples than branches; score it for the verifier.
+
+        The probes' seeds follow from the generation, so timing it again repeats the same work.
+        """
         spec = self.spec
         probes = spec.probes(len(self._problems))
         seeds = [stable_seed(spec.seed, generation.key(), index) for index in probes]
         fill: list[tuple[int, int, int]] = []
         score: list[tuple[int, int, str]] = []
-        if spec.sample_pool:
+        if spec.sample_pool and not timing_only:
             pooled = self.repo.pool_samples(self._pool_key(generation), self._shas, generation.verifier)
             # An engine without speculation adds its timed branches to the pool; a speculative one
             # only once it proved lossless, so its probes are topped up too.
@@ -318,14 +378,21 @@ class Controller:
             summaries.append(summary)
         return summaries
 
-    def _numbers(self, config: TTSConfig, generation_id: int):
+    def _numbers(self, config: TTSConfig, generation_id: int) -> TrialNumbers:
         timed = self.repo.timed_problems(generation_id)
-        pool = None
-        if self.spec.sample_pool and not self._lossy_or_untested(config.generation(), generation_id):
-            pooled = self._pooled(config.generation(), list(range(len(self._problems))))
-            if all(len(samples) >= config.branches for samples in pooled.values()):
-                pool = pooled
-        return evaluate(config, timed, self._problems, self.spec.aggregation.model_dump(), pool, self.spec.seed)
+        return evaluate(config, timed, self._problems, self.spec.aggregation.model_dump(), self._pool_for(config, generation_id), self.spec.seed)
+
+    def _problem_accuracies(self, config: TTSConfig, generation_id: int) -> dict[int, float]:
+        timed = self.repo.timed_problems(generation_id)
+        parameters = self.spec.aggregation.model_dump()
+        return problem_accuracies(config, timed, self._problems, parameters, self._pool_for(config, generation_id), self.spec.seed)
+
+    def _pool_for(self, config: TTSConfig, generation_id: int) -> dict[int, list[Branch]] | None:
+        """Every problem's pooled samples when the config's accuracy can come from the pool, else None."""
+        if not self.spec.sample_pool or self._lossy_or_untested(config.generation(), generation_id):
+            return None
+        pooled = self._pooled(config.generation(), list(range(len(self._problems))))
+        return pooled if all(len(samples) >= config.branches for samples in pooled.values()) else None
 
     def _lossy_or_untested(self, generation: Generation, generation_id: int) -> bool:
         if generation.speculative_method is None:
@@ -364,7 +431,8 @@ class Controller:
 
     def _constraints(self, latency: float, lossy: bool) -> dict[str, float]:
         # Feasible iff within the largest budget and not lossy (Optuna: constraint values <= 0 are satisfied).
-        return {"latency_over_largest_budget_s": latency - max(self.spec.budgets_s), "lossy": float(lossy)}
+        over = latency - max(self.budgets) if self.budgets else 0.0  # relative budgets unresolved yet: no bound
+        return {"latency_over_largest_budget_s": over, "lossy": float(lossy)}
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, summary: TrialSummary) -> None:
         if summary.state != TrialState.COMPLETE:
@@ -377,7 +445,29 @@ class Controller:
 
     def _update_best(self) -> None:
         trials = self.repo.trials(self.spec.study)
-        self.state.best = {b: best_within(trials, b, self.spec.latency_statistic) for b in self.spec.budgets_s}
+        self._resolve_budgets(trials)
+        self.state.best = {b: best_within(trials, b, self.spec.latency_statistic) for b in self.budgets}
+
+    def _resolve_budgets(self, trials: list[TrialSummary]) -> None:
+        """Budgets in seconds: relative ones are multiples of the reference config's latency as first
+        measured (kept, so that timing the reference again in a race does not move the budgets)."""
+        spec = self.spec
+        budgets = [b for b in spec.budgets_s if not isinstance(b, str)]
+        reference_s = None
+        if spec.relative_budgets:
+            info = self.repo.study(spec.study)
+            reference_s = info.reference_s if info else None
+            if reference_s is None:
+                reference = spec.config_from_params(spec.reference_params())
+                measured = next((t for t in trials if t.config == reference and t.state == TrialState.COMPLETE), None)
+                if measured is None:
+                    self.budgets = budgets  # the relative ones wait for their reference
+                    return
+                reference_s = measured.latency_s.get(spec.latency_statistic)
+            budgets = spec.resolve_budgets(reference_s)
+        if budgets != self.budgets:
+            self.budgets = budgets
+            self.repo.set_budgets(spec.study, budgets, reference_s)
 
 
 def _without_speculation(generation: Generation) -> Generation:

@@ -16,7 +16,7 @@ import numpy as np
 from latts.aggregation import aggregate
 from latts.aggregation.estimators import problem_accuracy
 from latts.core.records import Branch, Generation, TimedProblem, TrialNumbers, TTSConfig
-from latts.core.statistics import bootstrap_mean_interval, latency_stats, wilson_interval
+from latts.core.statistics import bootstrap_mean_interval, latency_intervals, latency_stats, wilson_interval
 from latts.problems import Problem, grade
 
 
@@ -50,33 +50,29 @@ def latencies(config: TTSConfig, timed: Sequence[TimedProblem]) -> list[float]:
     return [p.latency_s + p.aggregation_s[config.aggregator] for p in timed]
 
 
-def evaluate(
+def problem_accuracies(
     config: TTSConfig,
     timed: Sequence[TimedProblem],
     problems: Sequence[Problem],
     parameters: Mapping[str, int],
     pool: Mapping[int, Sequence[Branch]] | None = None,
     seed: int = 0,
-) -> TrialNumbers:
-    """Accuracy from the pool (every problem's pooled samples) when given, else from the timed problems.
+) -> dict[int, float]:
+    """Each problem's accuracy for this config: from the pool (every problem), else 0 or 1 on each timed problem.
 
-    Pool accuracy: the mean over problems of the estimated chance that `config.branches` fresh
-    branches aggregate to a correct answer (latts.aggregation.estimators), with a 95% bootstrap
-    interval over problems. Measured accuracy: the share of timed problems answered correctly,
-    with a Wilson interval.
+    From the pool, the estimated chance that `config.branches` fresh branches aggregate to a correct
+    answer (latts.aggregation.estimators); measured, whether the generation's own branches did (its
+    first timing only: a race times the same branches again).
     """
-    latency = latency_stats(latencies(config, timed))
     if pool is None:
-        right = [
-            _grade(answer, problems[p.index].answer)
-            if (answer := aggregate(config.aggregator, p.branches, parameters)) is not None
-            else False
-            for p in timed
-        ]
-        n = len(right)
-        return TrialNumbers(sum(right) / n, wilson_interval(sum(right), n), "measured", n, latency, len(timed))
-    per_problem = [
-        problem_accuracy(
+        measured = {}
+        for p in timed:
+            if p.round == 0:
+                answer = aggregate(config.aggregator, p.branches, parameters)
+                measured[p.index] = float(answer is not None and _grade(answer, problems[p.index].answer))
+        return measured
+    return {
+        index: problem_accuracy(
             samples,
             _correct([s.answer for s in samples], problems[index].answer),
             config.branches,
@@ -85,7 +81,29 @@ def evaluate(
             np.random.default_rng(stable_seed(seed, index, config.key())),
         )
         for index, samples in sorted(pool.items())
-    ]
-    accuracy = float(np.mean(per_problem))
+    }
+
+
+def evaluate(
+    config: TTSConfig,
+    timed: Sequence[TimedProblem],
+    problems: Sequence[Problem],
+    parameters: Mapping[str, int],
+    pool: Mapping[int, Sequence[Branch]] | None = None,
+    seed: int = 0,
+) -> TrialNumbers:
+    """Accuracy from the pool when given, else from the timed problems; latency over every timing.
+
+    Pool accuracy is the mean of the problems' estimates with a 95% bootstrap interval over
+    problems; measured accuracy is the share answered correctly, with a Wilson interval.
+    """
+    seconds = latencies(config, timed)
+    latency, latency_ci = latency_stats(seconds), latency_intervals(seconds, seed=seed)
+    n_timed = len({p.index for p in timed})
+    per_problem = list(problem_accuracies(config, timed, problems, parameters, pool, seed).values())
+    n, accuracy = len(per_problem), float(np.mean(per_problem))
+    if pool is None:
+        right = round(accuracy * n)
+        return TrialNumbers(accuracy, wilson_interval(right, n), "measured", n, latency, latency_ci, n_timed)
     interval = bootstrap_mean_interval(per_problem, seed=seed)
-    return TrialNumbers(accuracy, interval, "pool", len(per_problem), latency, len(timed))
+    return TrialNumbers(accuracy, interval, "pool", n, latency, latency_ci, n_timed)

@@ -159,7 +159,8 @@ def create_app(storage_url: str) -> FastAPI:
         """The most accurate config within the budget, of one study or of every study for one
         hardware/model/benchmark (as `latts best --json`)."""
         trials = documents.scope_trials(repo, study, hardware, model, benchmark)
-        document = documents.best_document(trials, budget_s, statistic, include_lossy)
+        answers = documents.study_answers(repo, study, statistic)
+        document = documents.best_document(trials, budget_s, statistic, include_lossy, answers)
         if document.best is None:
             detail = f"no completed trial fits {budget_s:g} s ({statistic} latency)"
             no_fit = NoFitDocument(**dict(document), detail=detail)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from latts.core.records import LatencyStatistic, TrialSummary
+from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary
 from latts.optimizer.frontier import best_within, pareto_front
 from latts.storage import Repository, StudyInfo
 
@@ -45,6 +45,8 @@ class BestDocument(BaseModel):
     statistic: LatencyStatistic
     include_lossy: bool
     best: TrialSummary | None
+    # For one of the study's own budgets, after its finalists raced: the choice's margin.
+    raced: BudgetAnswer | None = None
 
 
 def study_trials(repo: Repository, study: str) -> list[TrialSummary]:
@@ -76,7 +78,20 @@ def frontier_document(
 
 
 def best_document(
-    trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic, include_lossy: bool = False
+    trials: Sequence[TrialSummary],
+    budget_s: float,
+    statistic: LatencyStatistic,
+    include_lossy: bool = False,
+    answers: Sequence[BudgetAnswer] = (),
 ) -> BestDocument:
     best = best_within(trials, budget_s, statistic, include_lossy)
-    return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best)
+    raced = next((a for a in answers if a.budget_s == budget_s), None)
+    return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best, raced=raced)
+
+
+def study_answers(repo: Repository, study: str | None, statistic: LatencyStatistic) -> list[BudgetAnswer]:
+    """A study's raced budget answers, when the question is about its own latency statistic."""
+    if study is None:
+        return []
+    spec = repo.study_spec(study) or {}
+    return repo.budget_answers(study) if spec.get("latency_statistic", "mean") == statistic else []

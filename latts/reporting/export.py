@@ -24,21 +24,8 @@ def engine_key(spec: dict[str, Any], trial: TrialSummary) -> EngineKey:
 
 
 def vllm_serve_config(spec: dict[str, Any], trial: TrialSummary) -> dict[str, Any]:
-    """`vllm serve --config` keys (its YAML spells them like the flags); demo names become their cache folders."""
-    key = engine_key(spec, trial)
-    document: dict[str, Any] = {
-        "model": local_name(key.model),
-        "dtype": key.dtype,
-        "tensor-parallel-size": key.tensor_parallel_size,
-    }
-    if key.max_model_len is not None:  # otherwise vLLM takes the model's own maximum, as the trial did
-        document["max-model-len"] = key.max_model_len
-    speculative = key.speculative_config()
-    if speculative is not None:
-        if "model" in speculative:
-            speculative["model"] = local_name(speculative["model"])
-        document["speculative-config"] = speculative
-    return document
+    """What latts' workers served for this trial; demo names become their cache folders."""
+    return EngineSpec.model_validate(spec.get("engine", {})).serve_config(engine_key(spec, trial), local_name)
 
 
 def request_settings(spec: dict[str, Any], trial: TrialSummary, budget_s: float, statistic: LatencyStatistic) -> dict[str, Any]:
@@ -84,6 +71,7 @@ def render(fmt: ExportFormat, spec: dict[str, Any], trial: TrialSummary, budget_
     header = (
         f"# latts export: study {trial.study}, trial {trial.number} ({trial.config.label()}) on {trial.hardware}\n"
         f"# accuracy {trial.accuracy:.1%}, {statistic} latency {latency:.3f} s within a budget of {budget_s:g} s\n"
-        f"# use: vllm serve --config FILE; request settings (n={trial.config.branches}, ...): latts export --format json\n"
+        f"# serve: python -m vllm.entrypoints.openai.api_server --config FILE (or `vllm serve --config FILE` on GPU builds)\n"
+        f"# request settings (n={trial.config.branches}, ...): latts export --format json\n"
     )
     return header + yaml.safe_dump(vllm_serve_config(spec, trial), sort_keys=False)

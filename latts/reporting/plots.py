@@ -1,9 +1,11 @@
 """Accuracy-latency plots of a study: `.png` with matplotlib, `.html` (interactive) with plotly.
 
-Every measured trial is a point (colour = speculative method, size = branches), the Pareto
-frontier a step line, each budget a vertical line with the config chosen for it annotated.
+Every measured trial is a point (colour = speculative method, size = branches) with error bars
+(95% intervals of accuracy and latency), the Pareto frontier a step line, each budget a vertical
+line with the config chosen for it.
 Speculative trials found lossy are hollow red rings, kept off the frontier and the choices.
-Failed trials have no latency, so they sit apart in a strip of grey crosses below the chart.
+Failed trials have no latency, so they sit apart in a strip of grey crosses below the chart (no
+strip when nothing failed).
 """
 
 from __future__ import annotations
@@ -83,26 +85,49 @@ def _methods(measured: Sequence[TrialSummary]) -> dict[str, str]:
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(names)}
 
 
+def _seconds_label(value: float, _pos: object = None) -> str:
+    """Plain seconds or milliseconds on a log axis: 50 ms, 1.5 s (never 10^-1)."""
+    return f"{value * 1000:g} ms" if value < 1 else f"{value:g} s"
+
+
+def _errors(trials: Sequence[TrialSummary], statistic: LatencyStatistic) -> tuple[list[list[float]], list[list[float]]]:
+    """Error bar lengths below/above each point: latency (x) and accuracy (y) 95% intervals.
+
+    An interval end that no order statistic reaches (too few problems for a p99) draws no bar.
+    """
+    x_err: list[list[float]] = [[], []]
+    y_err: list[list[float]] = [[], []]
+    for t in trials:
+        value = t.latency_s.get(statistic)
+        lo, hi = (t.latency_ci or {}).get(statistic, (None, None))
+        x_err[0].append(max(value - lo, 0.0) if lo is not None else 0.0)  # max: rounding at the ends
+        x_err[1].append(max(hi - value, 0.0) if hi is not None else 0.0)
+        a_lo, a_hi = t.accuracy_ci or (t.accuracy, t.accuracy)
+        y_err[0].append(max(t.accuracy - a_lo, 0.0))
+        y_err[1].append(max(a_hi - t.accuracy, 0.0))
+    return x_err, y_err
+
+
 def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, title: str = "") -> Figure:
-    """A matplotlib Figure: chart on top, failed-trial strip below."""
+    """A matplotlib Figure: the chart, each budget's choice listed beside it (numbered on its point,
+    so that no label covers a point), and a strip of failed trials below when there are any."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
     from matplotlib.ticker import FuncFormatter
 
     measured, lossy, failed = _split(trials)
-    fig = Figure(figsize=(10, 6.5), layout="constrained")
-    ax, strip = fig.subplots(2, 1, gridspec_kw={"height_ratios": [6, 1]})
-    colours = _methods(measured)
-    for method, colour in colours.items():
+    fig = Figure(figsize=(12, 6.5 if failed else 5.5), layout="constrained")
+    if failed:
+        ax, strip = fig.subplots(2, 1, gridspec_kw={"height_ratios": [6, 1]})
+    else:
+        ax, strip = fig.subplots(1, 1), None
+    for method, colour in _methods(measured).items():
         group = [t for t in measured if _method(t) == method]
+        x_err, y_err = _errors(group, statistic)
+        xs, ys = [t.latency_s.get(statistic) for t in group], [t.accuracy for t in group]
+        ax.errorbar(xs, ys, xerr=x_err, yerr=y_err, fmt="none", ecolor=colour, alpha=0.35, linewidth=1, zorder=2)
         ax.scatter(
-            [t.latency_s.get(statistic) for t in group],
-            [t.accuracy for t in group],
-            s=[_marker_size(t.config.branches) for t in group],
-            c=colour,
-            alpha=0.75,
-            edgecolors="white",
-            label=f"speculative: {method}",
-            zorder=3,
+            xs, ys, s=[_marker_size(t.config.branches) for t in group], c=colour, alpha=0.75, edgecolors="white",
+            label=f"speculative: {method}", zorder=3,
         )
     if lossy:
         ax.scatter(
@@ -127,63 +152,62 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
             label="Pareto frontier",
             zorder=2,
         )
-    chosen_per_budget = _chosen(measured, budgets, statistic)
-    for budget, _ in chosen_per_budget:
+    choices = _chosen(measured, budgets, statistic)
+    lines = []
+    for i, (budget, chosen) in enumerate(choices, start=1):
         ax.axvline(budget, color="#555555", linestyle="--", linewidth=1, zorder=1)
+        ax.annotate(f"{i}", xy=(budget, 1.0), xytext=(2, -2), textcoords="offset points", fontsize=8, color="#555555", va="top")
+        if chosen is not None:
+            ax.annotate(
+                f"{i}", xy=(chosen.latency_s.get(statistic), chosen.accuracy), xytext=(0, 9), textcoords="offset points",
+                ha="center", fontsize=8, fontweight="bold", zorder=5,
+            )
+        lines.append(f"{i}. {_choice_text(budget, chosen)}")
     if measured or lossy or budgets:
         ax.set_xscale("log")  # latencies and budgets span orders of magnitude
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))  # 0.1, not 10^-1
-    lo, hi = (math.log(x) for x in ax.get_xlim()) if measured or lossy or budgets else (0.0, 1.0)
-    for i, (budget, chosen) in enumerate(chosen_per_budget):
-        x, y = (chosen.latency_s.get(statistic), chosen.accuracy) if chosen else (budget, 0.02)
-        left = (math.log(x) - lo) / (hi - lo) > 0.6  # labels of points on the right go leftwards, inside the axes
-        ax.annotate(
-            _choice_text(budget, chosen),
-            xy=(x, y),
-            xytext=(-8 if left else 8, -14 - 14 * i),
-            textcoords="offset points",
-            ha="right" if left else "left",
-            fontsize=8,
-            arrowprops={"arrowstyle": "-", "color": "#555555"} if chosen else None,
-            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
-            zorder=4,
-        )
+        ax.xaxis.set_major_formatter(FuncFormatter(_seconds_label))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, pos: ""))
+    if lines:  # beside the chart, never over a point
+        ax.text(1.02, 1.0, "best within each budget:\n" + "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8, wrap=True)
     ax.set_ylim(-0.02, 1.05)
-    ax.set_xlabel(f"{statistic} latency per problem (s)")
+    ax.set_xlabel(f"{statistic} latency per problem")
     ax.set_ylabel("accuracy")
     ax.set_title(title or "accuracy vs latency")
     ax.grid(True, which="major", alpha=0.3)
     for branches in sorted({t.config.branches for t in measured}):
         ax.scatter([], [], s=_marker_size(branches), c="white", edgecolors="black", label=f"B={branches} branches")
     if measured or lossy:
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
-
-    strip.set_yticks([])
-    strip.set_xticks([])
-    strip.set_xlim(-0.5, max(len(failed), 1) - 0.5)
-    if failed:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 0.55), fontsize=8, framealpha=0.9)
+    if strip is not None:
+        strip.set_yticks([])
+        strip.set_xticks([])
+        strip.set_xlim(-0.5, len(failed) - 0.5)
         strip.scatter(range(len(failed)), [0] * len(failed), marker="x", c=FAILED_COLOUR, s=60)
         for x, t in enumerate(failed):
             strip.annotate(f"#{t.number}", (x, 0), xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7)
-    strip.set_title(f"failed trials (no latency): {len(failed)}", fontsize=9, loc="left")
+        strip.set_title(f"failed trials (no latency): {len(failed)}", fontsize=9, loc="left")
     return fig
 
 
 def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, title: str = "") -> go.Figure:
-    """A plotly Figure: chart on top, failed-trial strip below."""
+    """A plotly Figure: chart on top, a failed-trial strip below when there are failed trials."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     measured, lossy, failed = _split(trials)
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.85, 0.15], vertical_spacing=0.08)
+    rows = 2 if failed else 1
+    fig = make_subplots(rows=rows, cols=1, row_heights=[0.85, 0.15] if failed else [1.0], vertical_spacing=0.08)
     for method, colour in _methods(measured).items():
         group = [t for t in measured if _method(t) == method]
+        x_err, y_err = _errors(group, statistic)
         fig.add_trace(
             go.Scatter(
                 x=[t.latency_s.get(statistic) for t in group],
                 y=[t.accuracy for t in group],
                 mode="markers",
                 name=f"speculative: {method}",
+                error_x={"type": "data", "symmetric": False, "arrayminus": x_err[0], "array": x_err[1], "thickness": 1},
+                error_y={"type": "data", "symmetric": False, "arrayminus": y_err[0], "array": y_err[1], "thickness": 1},
                 # plotly sizes are diameters; the square root keeps area proportional as in the PNG.
                 marker={"color": colour, "size": [math.sqrt(_marker_size(t.config.branches)) * 1.3 for t in group]},
                 text=[_hover(t, statistic) for t in group],
@@ -239,24 +263,26 @@ def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], stat
             row=1,
             col=1,
         )
-    fig.add_trace(
-        go.Scatter(
-            x=list(range(len(failed))),
-            y=[0] * len(failed),
-            mode="markers+text",
-            marker={"symbol": "x", "color": FAILED_COLOUR, "size": 10},
-            text=[f"#{t.number}" for t in failed],
-            textposition="top center",
-            hovertext=[f"#{t.number} {t.config.label()}: {t.fail_reason}" for t in failed],
-            hoverinfo="text",
-            name=f"failed (no latency): {len(failed)}",
-        ),
-        row=2,
-        col=1,
-    )
+    if failed:
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(len(failed))),
+                y=[0] * len(failed),
+                mode="markers+text",
+                marker={"symbol": "x", "color": FAILED_COLOUR, "size": 10},
+                text=[f"#{t.number}" for t in failed],
+                textposition="top center",
+                hovertext=[f"#{t.number} {t.config.label()}: {t.fail_reason}" for t in failed],
+                hoverinfo="text",
+                name=f"failed (no latency): {len(failed)}",
+            ),
+            row=2,
+            col=1,
+        )
     fig.update_xaxes(type="log", title_text=f"{statistic} latency per problem (s)", row=1, col=1)
     fig.update_yaxes(range=[-0.02, 1.05], title_text="accuracy", row=1, col=1)
-    fig.update_xaxes(visible=False, row=2, col=1)
-    fig.update_yaxes(visible=False, row=2, col=1)
+    if failed:
+        fig.update_xaxes(visible=False, row=2, col=1)
+        fig.update_yaxes(visible=False, row=2, col=1)
     fig.update_layout(title=title or "accuracy vs latency", template="plotly_white", height=650)
     return fig

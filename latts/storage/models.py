@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from latts.core.records import AccuracySource, LosslessVerdict, TrialState
+from latts.core.records import AccuracySource, LosslessVerdict, MarginVerdict, TrialState
 
 NAME_LENGTH = 512
 KEY_LENGTH = 2048  # canonical JSON of a generation or pool key; model paths make them long
@@ -72,6 +72,9 @@ class Study(Base):
     model: Mapped[str] = mapped_column(Text)
     benchmark: Mapped[str] = mapped_column(Text)
     spec: Mapped[dict[str, Any]]
+    # The budgets in seconds; relative ones ("1.5x") once the reference config is measured.
+    budgets_s: Mapped[list[Any] | None]
+    reference_s: Mapped[float | None]  # the latency relative budgets multiply, as first measured
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -150,6 +153,7 @@ class Trial(Base):
     latency_p50: Mapped[float | None]
     latency_p90: Mapped[float | None]
     latency_p99: Mapped[float | None]
+    latency_ci: Mapped[dict[str, Any] | None]  # statistic -> [lo, hi], 95%; null ends are unbounded
     n_latency_problems: Mapped[int | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
@@ -159,16 +163,41 @@ class TimedProblemRow(Base):
     """A problem whose latency a generation measured, with its branches."""
 
     __tablename__ = "latts_timed_problems"
-    __table_args__ = (UniqueConstraint("generation_id", "problem_index", name="uq_latts_timed_problems_index"),)
+    __table_args__ = (UniqueConstraint("generation_id", "round", "problem_index", name="uq_latts_timed_problems_index"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     generation_id: Mapped[int] = mapped_column(ForeignKey("latts_generations.id", ondelete="CASCADE"))
+    round: Mapped[int] = mapped_column(default=0)  # 0: the generation itself; 1, 2, ...: timed again in a race
     problem_index: Mapped[int]
     # Each Branch as a dict: text, answer, n_tokens, token_logprobs (list), verifier_score.
     branches: Mapped[list[dict[str, Any]]]
     latency_s: Mapped[float]
     aggregation_s: Mapped[dict[str, Any]]  # aggregator -> seconds
     answers: Mapped[dict[str, Any]]  # aggregator -> its answer on the worker
+
+
+class BudgetAnswer(Base):
+    """A budget's answer after racing its finalists: the choice, and its margin."""
+
+    __tablename__ = "latts_budget_answers"
+    __table_args__ = (
+        UniqueConstraint("study_id", "budget_s", name="uq_latts_budget_answers_budget"),
+        CheckConstraint(_one_of("verdict", get_args(MarginVerdict)), name="ck_latts_budget_answers_verdict"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"), index=True)
+    budget_s: Mapped[float]
+    trial_id: Mapped[int | None] = mapped_column(ForeignKey("latts_trials.id"))  # NULL: nothing fits
+    runner_up_id: Mapped[int | None] = mapped_column(ForeignKey("latts_trials.id"))
+    fits_confidently: Mapped[bool]  # the latency's 95% interval lies within the budget
+    margin: Mapped[float | None]  # accuracy of the choice minus the runner-up's, paired over problems
+    margin_lo: Mapped[float | None]
+    margin_hi: Mapped[float | None]
+    verdict: Mapped[str] = mapped_column(String(16))
+    rounds: Mapped[int]
+    finalists: Mapped[list[Any]]  # trial numbers raced for this budget
+    raced_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class PoolSample(Base):

@@ -16,17 +16,18 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Select, create_engine, event, func, literal, select, update
+from sqlalchemy import Engine, Select, create_engine, delete, event, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoResultFound
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from latts.core import statistics
 from latts.core.errors import first_line
 from latts.core.records import (
     Branch,
+    BudgetAnswer,
     Generation,
     GenerationResult,
     GenerationSummary,
@@ -41,6 +42,7 @@ from latts.core.records import (
     TTSConfig,
 )
 from latts.storage.models import Base, Hardware, PoolSample, PoolScore, Study, TimedProblemRow, Trial, utcnow
+from latts.storage.models import BudgetAnswer as BudgetAnswerRow
 from latts.storage.models import Generation as GenerationRow
 
 # Writers wait this long for each other (and for Optuna's writes to the same SQLite file).
@@ -62,6 +64,8 @@ class StudyInfo:
     benchmark: str
     counts: dict[str, int]  # trials by state; every state is present, 0 when it has none
     created_at: datetime
+    budgets_s: list[float] | None = None  # in seconds; None while relative ones await their reference
+    reference_s: float | None = None  # the reference config's latency that relative budgets multiply
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -135,6 +139,7 @@ def _summary(trial: Trial, generation: GenerationRow | None, study: str, hardwar
         accuracy_source=trial.accuracy_source,  # type: ignore[arg-type]
         n_problems=trial.n_problems,
         latency_s=latency,
+        latency_ci={name: tuple(interval) for name, interval in trial.latency_ci.items()} if trial.latency_ci else None,
         n_latency_problems=trial.n_latency_problems,
         generation_id=trial.generation_id,
         generated_tokens=g.generated_tokens if g else None,
@@ -266,6 +271,11 @@ class Repository:
         with self._transaction() as s:
             s.execute(update(Study).where(Study.name == name).values(spec=spec))
 
+    def set_budgets(self, name: str, budgets_s: list[float], reference_s: float | None = None) -> None:
+        """The study's budgets in seconds, and the reference latency relative ones were resolved against."""
+        with self._transaction() as s:
+            s.execute(update(Study).where(Study.name == name).values(budgets_s=budgets_s, reference_s=reference_s))
+
     def study_spec(self, name: str) -> dict[str, Any] | None:
         with self._transaction() as s:
             return s.scalar(select(Study.spec).where(Study.name == name))
@@ -314,6 +324,7 @@ class Repository:
                         generation_id=generation_id,
                         problem_index=p.index,
                         branches=[_branch_to_json(b) for b in p.branches],
+                        round=p.round,
                         latency_s=p.latency_s,
                         aggregation_s=p.aggregation_s,
                         answers=p.answers,
@@ -332,6 +343,28 @@ class Repository:
             raise StorageError(
                 f"cannot finish generation id {generation_id}: {first_line(err)}; each problem index must appear once"
             ) from None
+
+    def add_timing_round(self, generation_id: int, timed: Iterable[TimedProblem]) -> None:
+        """A completed generation's problems timed again (a race round): added, never replacing."""
+        try:
+            with self._transaction() as s:
+                row = s.get(GenerationRow, generation_id)
+                if row is None or row.state != TrialState.COMPLETE:
+                    raise StorageError(f"generation id {generation_id} is not complete; only completed ones are timed again")
+                s.add_all(
+                    TimedProblemRow(
+                        generation_id=generation_id,
+                        problem_index=p.index,
+                        round=p.round,
+                        branches=[_branch_to_json(b) for b in p.branches],
+                        latency_s=p.latency_s,
+                        aggregation_s=p.aggregation_s,
+                        answers=p.answers,
+                    )
+                    for p in timed
+                )
+        except IntegrityError:
+            raise StorageError(f"generation id {generation_id} already has that round; number rounds on from the last") from None
 
     def fail_generation(self, generation_id: int, reason: str) -> None:
         with self._transaction() as s:
@@ -371,8 +404,9 @@ class Repository:
                     latency_s=row.latency_s,
                     aggregation_s=row.aggregation_s,
                     answers=row.answers,
+                    round=row.round,
                 )
-                for row in s.scalars(query.order_by(TimedProblemRow.problem_index))
+                for row in s.scalars(query.order_by(TimedProblemRow.round, TimedProblemRow.problem_index))
             ]
 
     # ------------------------------------------------------------------ trials
@@ -409,16 +443,77 @@ class Repository:
         """Store a running trial's accuracy and latency (computed from its generation and the pool)."""
         with self._transaction() as s:
             trial = self._running_trial(s, trial_id)
-            trial.state = TrialState.COMPLETE
-            trial.generation_id = generation_id or trial.generation_id
-            trial.accuracy, trial.accuracy_source, trial.n_problems = numbers.accuracy, numbers.accuracy_source, numbers.n_problems
-            trial.accuracy_lo, trial.accuracy_hi = numbers.accuracy_ci
-            trial.latency_mean, trial.latency_p50 = numbers.latency_s.mean, numbers.latency_s.p50
-            trial.latency_p90, trial.latency_p99 = numbers.latency_s.p90, numbers.latency_s.p99
-            trial.n_latency_problems = numbers.n_latency_problems
-            trial.finished_at = utcnow()
-            s.flush()
-            return self._trial(s, trial_id)
+            return self._set_numbers(s, trial, numbers, generation_id)
+
+    def update_trial_numbers(self, trial_id: int, numbers: TrialNumbers) -> TrialSummary:
+        """New numbers for a completed trial: its generation was timed again (a race)."""
+        with self._transaction() as s:
+            trial = s.scalar(select(Trial).where(Trial.id == trial_id).with_for_update())
+            if trial is None or trial.state != TrialState.COMPLETE:
+                raise StorageError(f"trial id {trial_id} is not complete; only completed trials get new numbers")
+            return self._set_numbers(s, trial, numbers, None)
+
+    def _set_numbers(self, s: Session, trial: Trial, numbers: TrialNumbers, generation_id: int | None) -> TrialSummary:
+        trial.state = TrialState.COMPLETE
+        trial.generation_id = generation_id or trial.generation_id
+        trial.accuracy, trial.accuracy_source, trial.n_problems = numbers.accuracy, numbers.accuracy_source, numbers.n_problems
+        trial.accuracy_lo, trial.accuracy_hi = numbers.accuracy_ci
+        trial.latency_mean, trial.latency_p50 = numbers.latency_s.mean, numbers.latency_s.p50
+        trial.latency_p90, trial.latency_p99 = numbers.latency_s.p90, numbers.latency_s.p99
+        trial.latency_ci = {name: list(interval) for name, interval in numbers.latency_ci.items()}
+        trial.n_latency_problems = numbers.n_latency_problems
+        trial.finished_at = trial.finished_at or utcnow()
+        s.flush()
+        return self._trial(s, trial.id)
+
+    def record_budget_answers(self, study: str, answers: Iterable[BudgetAnswer]) -> None:
+        """A race's answers, one per budget; they replace the study's earlier ones."""
+        with self._transaction() as s:
+            study_id = self._study_id(s, study)
+            ids = {t.number: t.id for t in s.scalars(select(Trial).where(Trial.study_id == study_id))}
+            s.execute(delete(BudgetAnswerRow).where(BudgetAnswerRow.study_id == study_id))
+            s.add_all(
+                BudgetAnswerRow(
+                    study_id=study_id,
+                    budget_s=a.budget_s,
+                    trial_id=ids.get(a.trial),  # type: ignore[arg-type]
+                    runner_up_id=ids.get(a.runner_up),  # type: ignore[arg-type]
+                    fits_confidently=a.fits_confidently,
+                    margin=a.margin,
+                    margin_lo=a.margin_ci[0] if a.margin_ci else None,
+                    margin_hi=a.margin_ci[1] if a.margin_ci else None,
+                    verdict=a.verdict,
+                    rounds=a.rounds,
+                    finalists=a.finalists,
+                )
+                for a in answers
+            )
+
+    def budget_answers(self, study: str) -> list[BudgetAnswer]:
+        chosen, runner_up = aliased(Trial), aliased(Trial)
+        query = (
+            select(BudgetAnswerRow, chosen.number, runner_up.number)
+            .join(Study, BudgetAnswerRow.study_id == Study.id)
+            .outerjoin(chosen, BudgetAnswerRow.trial_id == chosen.id)
+            .outerjoin(runner_up, BudgetAnswerRow.runner_up_id == runner_up.id)
+            .where(Study.name == study)
+            .order_by(BudgetAnswerRow.budget_s)
+        )
+        with self._transaction() as s:
+            return [
+                BudgetAnswer(
+                    budget_s=row.budget_s,
+                    trial=number,
+                    runner_up=runner_up_number,
+                    fits_confidently=row.fits_confidently,
+                    margin=row.margin,
+                    margin_ci=(row.margin_lo, row.margin_hi) if row.margin_lo is not None else None,  # type: ignore[arg-type]
+                    verdict=row.verdict,  # type: ignore[arg-type]
+                    rounds=row.rounds,
+                    finalists=row.finalists,
+                )
+                for row, number, runner_up_number in s.execute(query)
+            ]
 
     def fail_trial(self, trial_id: int, reason: str) -> TrialSummary:
         """Mark a trial FAILED with its reason; its measurements stay empty, never made up."""
@@ -530,7 +625,9 @@ class Repository:
         return found[0] if found else None
 
     def _studies(self, name: str | None) -> list[StudyInfo]:
-        rows = select(Study.id, Study.name, Hardware.name, Study.model, Study.benchmark, Study.created_at).join(Hardware)
+        rows = select(
+            Study.id, Study.name, Hardware.name, Study.model, Study.benchmark, Study.created_at, Study.budgets_s, Study.reference_s
+        ).join(Hardware)
         counts = select(Trial.study_id, Trial.state, func.count()).join(Study).group_by(Trial.study_id, Trial.state)
         if name is not None:
             rows, counts = rows.where(Study.name == name), counts.where(Study.name == name)
@@ -546,6 +643,8 @@ class Repository:
                     benchmark=row[4],
                     counts={state.value: by_study.get(row[0], {}).get(state, 0) for state in TrialState},
                     created_at=row[5],
+                    budgets_s=row[6],
+                    reference_s=row[7],
                 )
                 for row in s.execute(rows.order_by(Study.name))
             ]

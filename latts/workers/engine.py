@@ -1,20 +1,46 @@
-"""The vLLM backend: the one place latts builds engines and generates. Same code on CPU and GPU builds."""
+"""The vLLM backend: the one place latts starts engines and generates. Same code on CPU and GPU builds.
+
+Runs on workers. Each engine is vLLM's OpenAI-compatible server (`python -m
+vllm.entrypoints.openai.api_server --config FILE`, which works on the CPU build where `vllm serve`
+does not), started from the same serving config that `latts export` writes, and every request goes
+to it over HTTP as a client of the exported config would send it. A problem's latency is therefore
+what the user's server will show: HTTP, the API server's tokenizer and detokenizer, and the engine
+core in its own process, as in production.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from latts.core.records import EngineKey, Generation
 from latts.core.spec import EngineSpec
 from latts.demo import models as demo_models
 
+# Prometheus counters on the server's /metrics, and what latts calls them.
 SPEC_DECODE_COUNTERS = {
-    "vllm:spec_decode_num_drafts": "num_drafts",
-    "vllm:spec_decode_num_draft_tokens": "drafted_tokens",
-    "vllm:spec_decode_num_accepted_tokens": "accepted_tokens",
+    "vllm:spec_decode_num_drafts_total": "num_drafts",
+    "vllm:spec_decode_num_draft_tokens_total": "drafted_tokens",
+    "vllm:spec_decode_num_accepted_tokens_total": "accepted_tokens",
 }
+START_TIMEOUT_S = 900  # a cold CPU start compiles for minutes; a GPU start loads big weights
+REQUEST_TIMEOUT_S = 600
+
+
+class EngineStartError(RuntimeError):
+    """The server did not come up; the message holds vLLM's own last words."""
 
 
 @dataclass(frozen=True)
@@ -24,76 +50,123 @@ class Sample:
     token_logprobs: tuple[float, ...]
 
 
-class Engine:
-    def __init__(self, key: EngineKey, settings: EngineSpec, seed: int) -> None:
-        from vllm import LLM  # imported here: the controller never needs vLLM
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
-        speculative = key.speculative_config()
-        if speculative and "model" in speculative:
-            speculative["model"] = demo_models.resolve_model(speculative["model"])
-        model = demo_models.resolve_model(key.model)
+
+def _reason(log: Path) -> str:
+    """The server's last error line, for a failed trial's reason."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if re.search(r"Error|error:|Exception", line)]
+    return (errors or lines or ["(no output)"])[-1][-500:]
+
+
+class Engine:
+    """One vLLM OpenAI-compatible server on a free loopback port, and an HTTP client for it."""
+
+    def __init__(self, key: EngineKey, settings: EngineSpec, seed: int) -> None:
+        import httpx
+
+        self.key = key
+        self.folder = Path(tempfile.mkdtemp(prefix="latts-engine-"))
+        config = settings.serve_config(key, demo_models.resolve_model)
+        self.model = config["model"]  # the served model name defaults to the model path
+        (self.folder / "serve.yaml").write_text(yaml.safe_dump({**config, "seed": seed}, sort_keys=False))
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = self.folder / "server.log"
         started = time.perf_counter()
-        self.llm = LLM(
-            model=model,
-            dtype=key.dtype,
-            tensor_parallel_size=key.tensor_parallel_size,
-            max_model_len=key.max_model_len,
-            speculative_config=speculative,
-            runner=key.runner,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            enforce_eager=settings.enforce_eager,
-            seed=seed,
-            disable_log_stats=False,  # spec-decode counters come from the engine's stats
-        )
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                # The supervisor leads a process group with the server and its engine core, and ends
+                # the group when this worker dies, even by SIGKILL; close() ends the group too.
+                [sys.executable, "-m", "latts.workers.supervise",
+                 sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", str(self.folder / "serve.yaml"),
+                 "--host", "127.0.0.1", "--port", str(port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
+        try:
+            self._wait_ready(started)
+        except BaseException:
+            self.close()
+            raise
         self.start_s = time.perf_counter() - started
+
+    def _wait_ready(self, started: float) -> None:
+        import httpx
+
+        while time.perf_counter() - started < START_TIMEOUT_S:
+            if self.process.poll() is not None:
+                raise EngineStartError(f"vLLM server exited with {self.process.returncode}: {_reason(self.log)}")
+            try:
+                if self.client.get("/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise EngineStartError(f"vLLM server not ready after {START_TIMEOUT_S} s: {_reason(self.log)}")
+
+    def _complete(self, prompt: str, generation: Generation, seed: int, n: int) -> list[Sample]:
+        response = self.client.post(
+            "/v1/completions",
+            json={
+                "model": self.model,
+                "prompt": prompt,
+                "n": n,
+                "temperature": generation.temperature,
+                "top_p": generation.top_p,
+                "max_tokens": generation.max_tokens,
+                "seed": seed,
+                "logprobs": 0,  # each sampled token's own log-probability, as the engine computed it
+            },
+        )
+        response.raise_for_status()
+        choices = sorted(response.json()["choices"], key=lambda c: c["index"])
+        return [
+            Sample(c["text"], len(c["logprobs"]["token_logprobs"]), tuple(c["logprobs"]["token_logprobs"]))
+            for c in choices
+        ]
 
     def generate(
         self, prompts: list[str], generation: Generation, seeds: list[int], n: list[int] | None = None
     ) -> list[list[Sample]]:
-        """`generation.branches` samples for each prompt (or `n[i]` for prompt i), submitted together."""
-        from vllm import SamplingParams
-
-        params = [
-            SamplingParams(
-                n=count,
-                temperature=generation.temperature,
-                top_p=generation.top_p,
-                max_tokens=generation.max_tokens,
-                logprobs=0,  # the sampled token's own log-probability, as the engine computed it
-                seed=seed,
-            )
-            for seed, count in zip(seeds, n or [generation.branches] * len(seeds), strict=True)
-        ]
-        requests = self.llm.generate(prompts, params, use_tqdm=False)
-        return [
-            [
-                Sample(
-                    text=out.text,
-                    n_tokens=len(out.token_ids),
-                    token_logprobs=tuple(step[token].logprob for token, step in zip(out.token_ids, out.logprobs or [])),
-                )
-                for out in request.outputs
-            ]
-            for request in requests
-        ]
+        """`generation.branches` samples for each prompt (or `n[i]` for prompt i), all requests sent at once."""
+        counts = n or [generation.branches] * len(prompts)
+        if len(prompts) == 1:
+            return [self._complete(prompts[0], generation, seeds[0], counts[0])]
+        with ThreadPoolExecutor(max_workers=min(len(prompts), 64)) as pool:
+            return list(pool.map(lambda args: self._complete(args[0], generation, args[1], args[2]), zip(prompts, seeds, counts, strict=True)))
 
     def score(self, prompt: str, texts: list[str]) -> list[float]:
         """A verifier's score of each completed solution: the reward model's probability that it is right."""
-        outputs = self.llm.classify([prompt + text for text in texts], use_tqdm=False)
-        return [float(out.outputs.probs[0]) for out in outputs]
+        response = self.client.post("/classify", json={"model": self.model, "input": [prompt + text for text in texts]})
+        response.raise_for_status()
+        return [float(item["probs"][0]) for item in sorted(response.json()["data"], key=lambda d: d["index"])]
 
     def spec_counters(self) -> dict[str, int]:
-        """Cumulative speculative-decoding counters of this process's engines."""
+        """Cumulative speculative-decoding counters of this server."""
         totals = dict.fromkeys(SPEC_DECODE_COUNTERS.values(), 0)
-        for metric in self.llm.get_metrics():
-            if metric.name in SPEC_DECODE_COUNTERS:
-                totals[SPEC_DECODE_COUNTERS[metric.name]] += int(metric.value)
+        for line in self.client.get("/metrics").text.splitlines():
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            if name in SPEC_DECODE_COUNTERS:
+                totals[SPEC_DECODE_COUNTERS[name]] += int(float(line.rsplit(" ", 1)[1]))
         return totals
 
     def close(self) -> None:
-        # The engine core runs in its own process; shutting it down returns its KV cache memory.
-        self.llm.llm_engine.engine_core.shutdown()
-        del self.llm
+        """Stop the server and its engine core (their process group) and free its memory."""
+        self.client.close()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
 
 
 class EngineCache:
@@ -119,3 +192,7 @@ class EngineCache:
         engine = Engine(key, self.settings, self.seed)
         self._engines[key] = engine
         return engine, True
+
+    def close(self) -> None:
+        while self._engines:
+            self._engines.popitem()[1].close()

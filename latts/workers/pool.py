@@ -234,6 +234,13 @@ class WorkerPool:
                 self._replace(slot)
         return finished
 
+    def run(self, generation_id: int, plan: GenerationPlan) -> Finished:
+        """Submit one plan and wait for it (a race times one generation at a time)."""
+        self.submit(generation_id, plan)
+        while not (finished := self.wait(timeout_s=1.0)):
+            pass
+        return finished[0]
+
     def _replace(self, slot: _Slot) -> None:
         self._slots[slot.index] = self._start(slot.index)
 

@@ -1,0 +1,68 @@
+"""Which configs race for a budget, and how its answer states its margin: pure functions on plain data."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from latts.core.records import LatencyStats, TrialSummary
+from latts.optimizer.racing import budget_answer, finalists, paired_margin
+from tests.handmade import config
+
+
+def trial(number, accuracy, ci, latency, latency_ci, **changes) -> TrialSummary:
+    return TrialSummary(
+        id=number,
+        study="s",
+        number=number,
+        config=config(number + 1, **changes),
+        state="COMPLETE",
+        hardware="cpu-2core",
+        accuracy=accuracy,
+        accuracy_ci=ci,
+        accuracy_source="pool",
+        latency_s=LatencyStats(latency, latency, latency, latency),
+        latency_ci={"mean": latency_ci},
+    )
+
+
+TRIALS = [
+    trial(0, 0.80, (0.70, 0.90), 0.50, (0.45, 0.55)),  # the best that fits 0.6
+    trial(1, 0.75, (0.65, 0.85), 0.40, (0.35, 0.45)),  # within its interval: races
+    trial(2, 0.60, (0.50, 0.70), 0.20, (0.15, 0.25)),  # below its interval: does not
+    trial(3, 0.85, (0.75, 0.95), 0.65, (0.58, 0.72)),  # over the budget, but could fit: races
+    trial(4, 0.90, (0.80, 0.99), 0.90, (0.80, 1.00)),  # cannot fit
+]
+
+
+def test_finalists_could_be_the_answer():
+    assert [t.number for t in finalists(TRIALS, 0.6, "mean", 3)] == [3, 0, 1]
+    assert [t.number for t in finalists(TRIALS, 0.6, "mean", 1)] == [0]  # the best always races
+    assert finalists(TRIALS, 0.1, "mean", 3) == []  # nothing fits
+    assert finalists(TRIALS, 0.6, "mean", 0) == []
+
+
+def test_configs_sharing_pooled_accuracy_race_once():
+    # The same branches and aggregator with lossless speculation: the same accuracy, only the faster races.
+    faster_twin = replace(TRIALS[1], number=5, id=5, latency_s=LatencyStats(*[0.3] * 4), latency_ci={"mean": (0.28, 0.32)},
+                          config=replace(TRIALS[1].config, speculative_method="ngram", num_speculative_tokens=4))
+    assert [t.number for t in finalists([*TRIALS, faster_twin], 0.6, "mean", 3)] == [3, 0, 5]
+
+
+def test_margin_beats_ties_and_alone():
+    accuracies = {0: {i: 0.9 for i in range(20)}, 1: {i: 0.5 for i in range(20)}, 3: {i: 0.88 + 0.01 * (i % 3) for i in range(20)}}
+    raced = [TRIALS[0], TRIALS[1]]
+    answer = budget_answer(0.6, raced, accuracies, "mean", rounds=3)
+    assert (answer.trial, answer.runner_up, answer.verdict, answer.fits_confidently) == (0, 1, "beats", True)
+    assert answer.margin == pytest.approx(0.4) and answer.margin_ci[0] > 0
+    close = replace(TRIALS[3], latency_s=LatencyStats(*[0.55] * 4), latency_ci={"mean": (0.5, 0.61)})
+    tied = budget_answer(0.6, [close, TRIALS[0]], accuracies, "mean", rounds=3)
+    assert (tied.trial, tied.verdict, tied.fits_confidently) == (3, "tied", False)  # its interval reaches past 0.6
+    assert budget_answer(0.6, [TRIALS[0]], accuracies, "mean", 3).verdict == "alone"
+    assert budget_answer(0.3, [TRIALS[0]], accuracies, "mean", 3).verdict == "nothing-fits"
+
+
+def test_paired_margin_uses_shared_problems():
+    margin, (lo, hi) = paired_margin({0: 1.0, 1: 0.0, 2: 1.0}, {0: 0.0, 1: 0.0, 5: 1.0})
+    assert margin == pytest.approx(0.5) and lo <= margin <= hi
