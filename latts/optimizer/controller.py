@@ -103,7 +103,7 @@ class Controller:
         spec.check_resumable(self.repo.study_spec(spec.study))
         self._problems = load_problems(spec.benchmark)
         self._shas = [prompt_sha(p.prompt) for p in self._problems]
-        _init_ray(ray_address, spec)
+        init_ray(ray_address, spec)
         from latts.workers.pool import WorkerPool
 
         pool = WorkerPool(spec, self._problems)
@@ -140,7 +140,7 @@ class Controller:
         self._problems = load_problems(self.spec.benchmark)
         self._shas = [prompt_sha(p.prompt) for p in self._problems]
         self._resolve_budgets(self.repo.trials(self.spec.study))
-        _init_ray(ray_address, self.spec)
+        init_ray(ray_address, self.spec)
         from latts.workers.pool import WorkerPool
 
         pool = WorkerPool(self.spec, self._problems)
@@ -474,7 +474,7 @@ def _without_speculation(generation: Generation) -> Generation:
     return Generation(generation.branches, generation.temperature, generation.top_p, generation.max_tokens, verifier=generation.verifier)
 
 
-def _init_ray(address: str | None, spec: StudySpec) -> None:
+def init_ray(address: str | None, spec: StudySpec) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 

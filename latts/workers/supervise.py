@@ -4,11 +4,14 @@ Runs on workers, between a worker and its vLLM server: `python -m latts.workers.
 leads a process group holding the server and the engine core processes the server spawns. When
 the worker dies, even by SIGKILL, this process notices (its parent changes) within half a second
 and takes the whole group down, so no engine is left holding cores or its KV cache. SIGTERM to
-this process (the worker closing the engine) does the same.
+this process (the worker closing the engine) does the same. Ray itself SIGKILLs a dead worker's
+children, this process among them, so the server is also told by the kernel (a parent-death
+signal) to shut down when this process dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -18,11 +21,12 @@ POLL_S = 0.5
 
 
 STOP_GRACE_S = 10
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def main(command: list[str]) -> int:
     parent = os.getppid()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, preexec_fn=_terminate_when_parent_dies)
     signal.signal(signal.SIGTERM, lambda *_: _stop(child))
     while True:
         try:
@@ -30,6 +34,12 @@ def main(command: list[str]) -> int:
         except subprocess.TimeoutExpired:
             if os.getppid() != parent:  # the worker is gone: we were re-parented
                 _stop(child)
+
+
+def _terminate_when_parent_dies() -> None:
+    """In the server, before it starts: SIGTERM when this process dies, even by SIGKILL (vLLM's
+    server then shuts its engine core down cleanly)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(child: subprocess.Popen) -> None:
