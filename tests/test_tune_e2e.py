@@ -14,6 +14,7 @@ from latts.storage import Repository
 from tests.conftest import SMALL_STUDY, pg_schema_url, run_latts, tune
 
 pytestmark = pytest.mark.engine
+SMALL_STUDY_RACE_ROUNDS = 3  # the spec's default race
 
 def check_study(url: str, n_trials: int, n_problems: int) -> list:
     repo = Repository(url)
@@ -21,14 +22,22 @@ def check_study(url: str, n_trials: int, n_problems: int) -> list:
     assert [t.state for t in trials] == ["COMPLETE"] * n_trials, [t.fail_reason for t in trials]
     configs = {(t.config.branches, t.config.speculative_method) for t in trials}
     assert len(configs) == n_trials  # the grid, each config once
+    generation_of = {t.number: t.generation_id for t in trials}
+    raced = {generation_of[n] for answer in repo.budget_answers("e2e") for n in answer.finalists}
+    assert raced, "the race at the end of tune timed no finalist"
     for t in trials:
         rows = repo.timed_problems(t.generation_id)
-        assert [r.index for r in rows] == list(range(n_problems))  # fewer problems than latency probes: all timed
+        first = [r for r in rows if r.round == 0]
+        assert [r.index for r in first] == list(range(n_problems))  # fewer problems than latency probes: all timed
+        # A finalist was timed again in each round of the race, on the same problems; others once.
+        rounds = SMALL_STUDY_RACE_ROUNDS if t.generation_id in raced else 0
+        assert sorted({r.round for r in rows}) == list(range(rounds + 1))
+        assert len(rows) == n_problems * (rounds + 1)
         assert all(len(r.branches) == t.config.branches for r in rows)
         # What the worker's rule answered in the loop is what latts' rule answers on the stored branches.
         assert [r.answers[t.config.aggregator] for r in rows] == [aggregate(t.config.aggregator, r.branches) for r in rows]
         assert (t.accuracy_source, t.n_problems, t.n_latency_problems) == ("pool", n_problems, n_problems)
-        assert t.latency_s.mean == pytest.approx(sum(latencies(t.config, rows)) / n_problems)
+        assert t.latency_s.mean == pytest.approx(sum(latencies(t.config, rows)) / len(rows))  # every timing counts
         assert t.latency_s.mean > 0 and t.accuracy_ci[0] <= t.accuracy <= t.accuracy_ci[1]
         if t.config.speculative_method == "ngram":
             assert t.drafted_tokens is not None and t.accepted_tokens is not None
