@@ -85,15 +85,17 @@ class TuneState:
         return f"n_trials {self.asked} is more than the {self.target} distinct configs of the search space; measuring each once"
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=spec.seed)
+        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=seed)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
     # `grid` enqueues every point up front (see Controller._enqueue_grid); Optuna's GridSampler
     # calls Study.stop() when done, which the ask/tell interface does not allow. `greedy` enqueues
     # each config it wants (see Controller._propose); the sampler only answers the Optuna study.
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 @dataclass
@@ -107,7 +109,9 @@ class _InFlight:
 
 
 class Controller:
-    """Drives one study. `workers` starts what runs generations (default: Ray actors with vLLM engines)."""
+    """Drives one study. `workers` starts what runs generations (default: Ray actors with vLLM engines);
+    `sampler_seed` seeds the search apart from the spec's `seed`, which also seeds the sampling itself
+    (benchmarks replaying one study under many search seeds)."""
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class Controller:
         storage_url: str,
         n_trials: int | None = None,
         workers: WorkersFactory | None = None,
+        sampler_seed: int | None = None,
     ) -> None:
         self.spec = spec
         self.repo = repo
@@ -132,7 +137,8 @@ class Controller:
         self._lattice = greedy.Lattice(tuple(spec.search_space.choices()["branches"]), tuple(map(tuple, spec.search_space.drafts())))
         asked = n_trials or spec.n_trials
         self.state = TuneState(target=min(asked, len(self._configs)), asked=asked)
-        self._random = random.Random(spec.seed)
+        self._sampler_seed = spec.seed if sampler_seed is None else sampler_seed
+        self._random = random.Random(self._sampler_seed)
         self._repeats = 0  # Optuna trials of the study answered from storage
         self._owed = 0  # configs the controller picks at random before the sampler chooses again
         self._problems: list[Problem] = []
@@ -152,7 +158,7 @@ class Controller:
                 study_name=spec.study,
                 storage=optuna.storages.RDBStorage(self.storage_url),
                 directions=["maximize", "minimize"],
-                sampler=make_sampler(spec),
+                sampler=make_sampler(spec, self._sampler_seed),
                 load_if_exists=True,
             )
             fresh = not study.trials
