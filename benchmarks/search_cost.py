@@ -17,7 +17,6 @@ The last line is `tokens_ratio=<full/pool generated tokens> same_choices=<k>/<bu
 from __future__ import annotations
 
 import argparse
-import itertools
 import subprocess
 import sys
 import tempfile
@@ -47,8 +46,7 @@ class Arm:
 
 
 def grid_size(space: SearchSpace) -> int:
-    choices = space.choices()
-    return sum(SearchSpace.pairs(dict(zip(choices, point))) for point in itertools.product(*choices.values()))
+    return len(space.points())
 
 
 def tune(spec: dict, folder: Path) -> tuple[list[TrialSummary], int, int, float]:

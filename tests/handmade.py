@@ -1,15 +1,17 @@
-"""Small studies written straight through the Repository, with known numbers: fast tests need no engine."""
+"""Small studies written straight through the Repository, with known numbers, and fake workers that
+answer the controller at once: fast tests need no engine."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from latts.core.records import Branch, GenerationResult, TimedProblem, TTSConfig
+from latts.core.records import Branch, FilledProblem, GenerationPlan, GenerationResult, TimedProblem, TTSConfig
 from latts.core.spec import SamplingSpec, parse_spec
 from latts.optimizer.evaluation import evaluate
 from latts.problems import Problem
 from latts.storage import Repository
+from latts.workers.pool import Finished
 
 
 def config(branches: int, aggregator: str = "majority", **changes) -> TTSConfig:
@@ -118,3 +120,71 @@ def store_trials(repo: Repository, study: str, trials: tuple[HandTrial, ...]) ->
         repo.finish_generation(generation_id, result)
         problems = [Problem(f"p{i}", f"Q{i}", "42") for i in range(len(result.timed))]
         repo.complete_trial(trial_id, evaluate(trial.config, result.timed, problems, {}))
+
+
+class ControllerDied(Exception):
+    """Stands for a SIGKILL: the controller stops where it is, leaving what runs behind."""
+
+
+class FakeWorkers:
+    """Answers every plan at once: each problem's branches all give one answer, right for the first
+    `accuracy` share of the problems; every problem takes `latency` seconds."""
+
+    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None):
+        self.problems = problems
+        self.count = count
+        self.landscape = landscape or (lambda g: (0.5, 0.01 * g.branches))
+        self.fail = fail or (lambda g: None)
+        self.die_at_wait = die_at_wait  # raise ControllerDied at this call of wait (1 = the first)
+        self.running: dict[int, GenerationPlan] = {}
+        self.submitted = []  # generations of the search
+        self.raced = []  # generations timed again for the race
+        self.waits = 0
+        self.shut = False
+
+    @property
+    def idle(self) -> int:
+        return self.count - len(self.running)
+
+    def submit(self, generation_id, plan):
+        assert self.idle > 0, "submitted to a busy worker"
+        self.running[generation_id] = plan
+        self.submitted.append(plan.generation)
+
+    def wait(self, timeout_s=1.0):
+        self.waits += 1
+        if self.waits == self.die_at_wait:
+            raise ControllerDied
+        finished = []
+        for generation_id, plan in self.running.items():
+            reason = self.fail(plan.generation)
+            finished.append(Finished(generation_id, None, reason) if reason else Finished(generation_id, self._result(plan), None))
+        self.running = {}
+        return finished
+
+    def run(self, generation_id, plan):
+        self.raced.append(plan.generation)
+        return Finished(generation_id, self._result(plan), None)
+
+    def detect_hardware(self):
+        return {"cpu_count": 2, "gpus": []}
+
+    def shutdown(self):
+        self.shut = True
+
+    def _branches(self, plan, index, n):
+        accuracy, _ = self.landscape(plan.generation)
+        answer = self.problems[index].answer if index < round(accuracy * len(self.problems)) else "-1"
+        score = 0.5 if plan.generation.verifier else None
+        return tuple(Branch(f"\\boxed{{{answer}}}", answer, 3, (-0.1, -0.2, -0.3), score) for _ in range(n))
+
+    def _result(self, plan):
+        _, latency = self.landscape(plan.generation)
+        n = plan.generation.branches
+        timed = [
+            TimedProblem(index, self._branches(plan, index, n), latency, {a: 0.0 for a in plan.aggregators})
+            for index, _ in plan.timed
+        ]
+        filled = [FilledProblem(index, seed, self._branches(plan, index, short)) for index, short, seed in plan.fill]
+        scores = {sample_id: 0.5 for sample_id, _, _ in plan.score}
+        return GenerationResult(timed, "fake-0", 0.0, 0.0, 3 * n * len(timed), filled=filled, scores=scores)

@@ -101,12 +101,14 @@ def tune(
     url = storage_url(storage, spec.storage)
     repo = Repository(url)
     controller = Controller(spec, repo, url, n_trials)
+    if controller.state.capped:
+        err.print(controller.state.capped, markup=False)
     with TuneProgress(err, spec.study) as progress:
         state = controller.run(ray_address, on_update=progress.update)
     if not err.is_terminal:  # rich ends its last frame without a newline when it cannot redraw
         err.line()
-    if state.exhausted:
-        err.print(f"the search space holds fewer distinct configs than {state.target}; stopped after {state.done}")
+    if state.greedy_stopped:
+        err.print(f"greedy: every budget's path has stopped; {state.done} of {state.target} configs measured")
     trials = repo.trials(spec.study)
     for t in trials:
         if t.state == TrialState.FAILED and t.fail_reason != INTERRUPTED:

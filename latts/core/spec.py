@@ -20,8 +20,10 @@ from latts.core.records import METHODS_WITH_MODEL, EngineKey, Generation, Latenc
 from latts.demo import models as demo_models
 
 ProblemSetName = Literal["arith", "math500", "gsm8k", "jsonl"]
-SamplerName = Literal["nsga2", "tpe", "random", "grid"]
+SamplerName = Literal["nsga2", "tpe", "gp", "random", "grid", "greedy"]
 NONE = "none"
+# The search dimension that pairs an aggregator with a verifier (or none): only valid pairs are offered.
+AGGREGATOR_VERIFIER = "aggregator_verifier"
 
 # A hub id is `org/name`; anything that looks like a filesystem path must exist.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -147,22 +149,46 @@ class SearchSpace(_Strict):
         return self
 
     def choices(self) -> dict[str, list[Any]]:
-        """Each search dimension and its choices, as Optuna categorical parameters."""
+        """Each search dimension and its choices, as Optuna categorical parameters.
+
+        Aggregator and verifier are one dimension of their valid pairs (verifier rules with a verifier,
+        the others without), so that every point of the space is a config.
+        """
         choices: dict[str, list[Any]] = {
             "branches": sorted(set(self.branches)),
             "speculative": list(dict.fromkeys(spec_label for spec_label, _ in self._speculative_options())),
-            "aggregator": list(dict.fromkeys(self.aggregator)),
-            "verifier": list(dict.fromkeys(self.verifier)),
+            AGGREGATOR_VERIFIER: list(self._pairs()),
         }
         for name in ("temperature", "top_p"):
             if getattr(self, name) is not None:
                 choices[name] = sorted(set(getattr(self, name)))
         return choices
 
-    @staticmethod
-    def pairs(params: dict[str, Any]) -> bool:
-        """Verifier rules go with a verifier and the others without one: nothing is scored in vain."""
-        return RULES[params["aggregator"]].needs_verifier == (params["verifier"] != NONE)
+    def points(self) -> list[dict[str, Any]]:
+        """Every point of the search space (Optuna's params), each a distinct config."""
+        choices = self.choices()
+        return [dict(zip(choices, point)) for point in itertools.product(*choices.values())]
+
+    def _pairs(self) -> dict[str, tuple[str, str | None]]:
+        """Label -> (aggregator, verifier or None), for the pairs that score nothing in vain."""
+        pairs: dict[str, tuple[str, str | None]] = {}
+        for aggregator in dict.fromkeys(self.aggregator):
+            for verifier in (None if v == NONE else v for v in dict.fromkeys(self.verifier)):
+                if RULES[aggregator].needs_verifier == (verifier is not None):
+                    pairs[_pair_label(aggregator, verifier)] = (aggregator, verifier)
+        return pairs
+
+    def pair(self, label: str) -> tuple[str, str | None]:
+        """The aggregator and verifier (None: no verifier) of an aggregator_verifier choice."""
+        return self._pairs()[label]
+
+    def drafts(self) -> list[list[str]]:
+        """Each speculative option's choices (labels of the speculative dimension), by increasing draft length."""
+        drafts: dict[tuple[str, str | None], list[tuple[int, str]]] = {}
+        for label, option in self._speculative_options():
+            if option is not None:
+                drafts.setdefault((option["method"], option["model"]), []).append((option["k"], label))
+        return [[label for _, label in sorted(set(lengths))] for lengths in drafts.values()]
 
     def _speculative_options(self) -> list[tuple[str, dict[str, Any] | None]]:
         options: list[tuple[str, dict[str, Any] | None]] = []
@@ -189,8 +215,7 @@ class SearchSpace(_Strict):
         params: dict[str, Any] = {
             "branches": config.branches,
             "speculative": label,
-            "aggregator": config.aggregator,
-            "verifier": config.verifier or NONE,
+            AGGREGATOR_VERIFIER: _pair_label(config.aggregator, config.verifier),
         }
         for name in ("temperature", "top_p"):
             if getattr(self, name) is not None:
@@ -207,13 +232,7 @@ class SearchSpace(_Strict):
         if choices["speculative"] == [NONE] and not force:
             return []
         sampling = {name: choices[name] for name in ("temperature", "top_p") if name in choices}
-        pair = next(
-            {"aggregator": a, "verifier": v}
-            for a in choices["aggregator"]
-            for v in choices["verifier"]
-            if self.pairs({"aggregator": a, "verifier": v})
-        )
-        base = {"branches": max(choices["branches"]), "speculative": NONE, **pair}
+        base = {"branches": max(choices["branches"]), "speculative": NONE, AGGREGATOR_VERIFIER: choices[AGGREGATOR_VERIFIER][0]}
         return [{**base, **dict(zip(sampling, point))} for point in itertools.product(*sampling.values())]
 
 
@@ -386,17 +405,22 @@ class StudySpec(_Strict):
     def config_from_params(self, params: dict[str, Any]) -> TTSConfig:
         """Turn one point of the search space (Optuna's params) into a TTS config."""
         speculative = self.search_space.speculative_option(params["speculative"])
+        aggregator, verifier = self.search_space.pair(params[AGGREGATOR_VERIFIER])
         return TTSConfig(
             branches=int(params["branches"]),
-            aggregator=params["aggregator"],
+            aggregator=aggregator,
             speculative_method=speculative["method"] if speculative else None,
             draft_model=speculative["model"] if speculative else None,
             num_speculative_tokens=speculative["k"] if speculative else None,
-            verifier=None if params["verifier"] == NONE else params["verifier"],
+            verifier=verifier,
             temperature=params.get("temperature", self.sampling.temperature),
             top_p=params.get("top_p", self.sampling.top_p),
             max_tokens=self.sampling.max_tokens,
         )
+
+
+def _pair_label(aggregator: str, verifier: str | None) -> str:
+    return aggregator if verifier is None else f"{aggregator}+{verifier}"
 
 
 def _error_location(loc: tuple[Any, ...]) -> str:

@@ -1,4 +1,11 @@
-"""The study controller: Optuna ask/tell over the search space, generations dispatched to Ray workers.
+"""The study controller: Optuna ask/tell over the search space, generations dispatched to the workers.
+
+Optuna is offered only valid configs (aggregator and verifier as one dimension of their valid
+pairs), and each config is measured once: a proposal already measured or in flight is answered
+from storage (user attribute `latts_repeat_of`) and followed by random unmeasured configs, so the
+loop ends when every distinct config is measured and the study holds few repeats. With
+`sampler: greedy` the greedy walks (latts.optimizer.greedy) choose the configs instead of Optuna's
+sampler; Optuna still records every trial.
 
 Runs in the `latts tune` process. A config is a generation (branches, engine, sampling, verifier)
 and an aggregator; a generation runs once, on one worker, and every aggregator of the study is
@@ -11,8 +18,8 @@ marks those failed and re-runs their configs.
 
 from __future__ import annotations
 
-import itertools
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,12 +43,14 @@ from latts.core.records import (
     TrialSummary,
     TTSConfig,
 )
-from latts.core.spec import SearchSpace, SpecError, StudySpec
+from latts.core.spec import SpecError, StudySpec
 from latts.demo.models import local_name
+from latts.optimizer import greedy
 from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, stable_seed
 from latts.optimizer.frontier import best_within
 from latts.optimizer.losslessness import check_against_pool
 from latts.optimizer.racing import budget_answer, finalists
+from latts.optimizer.workers import Workers, WorkersFactory
 from latts.problems import Problem, load_problems
 from latts.storage import Repository
 from latts.workers import hardware
@@ -49,33 +58,44 @@ from latts.workers import hardware
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 INTERRUPTED = "interrupted: the controller stopped before this trial finished; its config was re-run"
-# The sampler has proposed only measured configs this many times in a row: the space is exhausted.
-MAX_REPEATS = 200
+# User attribute of an Optuna trial answered from storage: the number of the trial that measured its config.
+REPEAT_OF = "latts_repeat_of"
 
 
 @dataclass
 class TuneState:
     """What the progress display shows; updated after every event."""
 
-    target: int
+    target: int  # distinct configs to measure: n_trials, or every config of a smaller space
+    asked: int = 0  # n_trials as given
     done: int = 0
     initial_done: int = 0  # finished before this run (resumed studies)
     failed: int = 0
     in_flight: int = 0
     started_at: float = field(default_factory=time.monotonic)
     best: dict[float, TrialSummary | None] = field(default_factory=dict)
-    exhausted: bool = False
+    greedy_stopped: bool = False  # `sampler: greedy` ended before the target: no budget's path can move on
     racing: bool = False  # the search is over; the finalists are being timed again
 
+    @property
+    def capped(self) -> str | None:
+        """One line when n_trials asks for more configs than the search space holds."""
+        if self.asked <= self.target:
+            return None
+        return f"n_trials {self.asked} is more than the {self.target} distinct configs of the search space; measuring each once"
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+
+def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=spec.seed)
+        return optuna.samplers.NSGAIISampler(population_size=spec.population_size, seed=seed)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed)
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
     # `grid` enqueues every point up front (see Controller._enqueue_grid); Optuna's GridSampler
-    # calls Study.stop() when done, which the ask/tell interface does not allow.
-    return optuna.samplers.RandomSampler(seed=spec.seed)
+    # calls Study.stop() when done, which the ask/tell interface does not allow. `greedy` enqueues
+    # each config it wants (see Controller._propose); the sampler only answers the Optuna study.
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 @dataclass
@@ -85,15 +105,42 @@ class _InFlight:
     generation: Generation
     plan: GenerationPlan
     asked: list[tuple[optuna.Trial, TTSConfig, int]] = field(default_factory=list)
+    repeats: list[tuple[optuna.Trial, str]] = field(default_factory=list)  # Optuna trials that asked again, config keys
 
 
 class Controller:
-    def __init__(self, spec: StudySpec, repo: Repository, storage_url: str, n_trials: int | None = None) -> None:
+    """Drives one study. `workers` starts what runs generations (default: Ray actors with vLLM engines);
+    `sampler_seed` seeds the search apart from the spec's `seed`, which also seeds the sampling itself
+    (benchmarks replaying one study under many search seeds)."""
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        repo: Repository,
+        storage_url: str,
+        n_trials: int | None = None,
+        workers: WorkersFactory | None = None,
+        sampler_seed: int | None = None,
+    ) -> None:
         self.spec = spec
         self.repo = repo
         self.storage_url = storage_url
-        self.state = TuneState(target=n_trials or spec.n_trials)
+        self._workers = workers
         self._distributions = {name: CategoricalDistribution(c) for name, c in spec.search_space.choices().items()}
+        points = spec.search_space.points()
+        # Every distinct config of the space (its key -> its params), and the configs at each point of
+        # the greedy lattice (branches, speculative choice).
+        self._configs = {spec.config_from_params(p).key(): p for p in points}
+        self._at_point: dict[greedy.Point, list[str]] = {}
+        for key, params in self._configs.items():
+            self._at_point.setdefault((params["branches"], params["speculative"]), []).append(key)
+        self._lattice = greedy.Lattice(tuple(spec.search_space.choices()["branches"]), tuple(map(tuple, spec.search_space.drafts())))
+        asked = n_trials or spec.n_trials
+        self.state = TuneState(target=min(asked, len(self._configs)), asked=asked)
+        self._sampler_seed = spec.seed if sampler_seed is None else sampler_seed
+        self._random = random.Random(self._sampler_seed)
+        self._repeats = 0  # Optuna trials of the study answered from storage
+        self._owed = 0  # configs the controller picks at random before the sampler chooses again
         self._problems: list[Problem] = []
         self._shas: list[str] = []
         self.budgets: list[float] = []  # in seconds; relative ones join once the reference config is measured
@@ -103,10 +150,7 @@ class Controller:
         spec.check_resumable(self.repo.study_spec(spec.study))
         self._problems = load_problems(spec.benchmark)
         self._shas = [prompt_sha(p.prompt) for p in self._problems]
-        init_ray(ray_address, spec)
-        from latts.workers.pool import WorkerPool
-
-        pool = WorkerPool(spec, self._problems)
+        pool = self._start_workers(ray_address)
         try:
             self.repo.ensure_hardware(spec.hardware, self._check_hardware(pool))
             self.repo.ensure_study(spec.study, spec.hardware, spec.model, spec.benchmark.name, spec.model_dump(mode="json"))
@@ -114,7 +158,7 @@ class Controller:
                 study_name=spec.study,
                 storage=optuna.storages.RDBStorage(self.storage_url),
                 directions=["maximize", "minimize"],
-                sampler=make_sampler(spec),
+                sampler=make_sampler(spec, self._sampler_seed),
                 load_if_exists=True,
             )
             fresh = not study.trials
@@ -140,17 +184,22 @@ class Controller:
         self._problems = load_problems(self.spec.benchmark)
         self._shas = [prompt_sha(p.prompt) for p in self._problems]
         self._resolve_budgets(self.repo.trials(self.spec.study))
-        init_ray(ray_address, self.spec)
-        from latts.workers.pool import WorkerPool
-
-        pool = WorkerPool(self.spec, self._problems)
+        pool = self._start_workers(ray_address)
         try:
             self._check_hardware(pool)
             return self._race(pool)
         finally:
             pool.shutdown()
 
-    def _check_hardware(self, pool) -> dict:
+    def _start_workers(self, ray_address: str | None) -> Workers:
+        if self._workers is not None:
+            return self._workers(self.spec, self._problems)
+        init_ray(ray_address, self.spec)
+        from latts.workers.pool import WorkerPool
+
+        return WorkerPool(self.spec, self._problems)
+
+    def _check_hardware(self, pool: Workers) -> dict:
         """What the workers run on; refused when the hardware target was measured on another machine."""
         detected = pool.detect_hardware()
         recorded = self.repo.hardware(self.spec.hardware)
@@ -162,7 +211,7 @@ class Controller:
             )
         return detected
 
-    def _race(self, pool) -> list[BudgetAnswer]:
+    def _race(self, pool: Workers) -> list[BudgetAnswer]:
         """Time every budget's finalists again in interleaved rounds; store their new numbers and the answers."""
         spec, statistic = self.spec, self.spec.latency_statistic
         trials = self.repo.trials(spec.study)
@@ -190,67 +239,79 @@ class Controller:
         return answers
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
-        choices = self.spec.search_space.choices()
-        for point in itertools.product(*choices.values()):
-            params = dict(zip(choices, point))
-            if SearchSpace.pairs(params):
-                study.enqueue_trial(params, skip_if_exists=True)
+        for params in self._configs.values():
+            study.enqueue_trial(params, skip_if_exists=True)
 
     def _recover_interrupted(self, study: optuna.Study) -> None:
-        """What a killed controller left running: failed in both stores, their configs queued again."""
-        for trial in self.repo.running_trials(self.spec.study):
+        """What a killed controller left running: failed in both stores, their configs queued again.
+
+        Queued from latts' own rows, so that a study begun by an older release (other Optuna
+        parameters) resumes too, and an Optuna trial that only waited for a config in flight is not.
+        """
+        interrupted = self.repo.running_trials(self.spec.study)
+        for trial in interrupted:
             self.repo.fail_trial(trial.id, INTERRUPTED)
         for generation in self.repo.generations(self.spec.study, states=[TrialState.RUNNING]):
             self.repo.fail_generation(generation.id, INTERRUPTED)
         for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
             study.tell(trial.number, state=OptunaState.FAIL)
-            study.enqueue_trial(trial.params, skip_if_exists=False)
+        for config in dict.fromkeys(t.config for t in interrupted):
+            study.enqueue_trial(self.spec.search_space.params_for(config), skip_if_exists=False)
 
     # ------------------------------------------------------------------ the loop
 
-    def _loop(self, study: optuna.Study, pool, on_update: Callable[[TuneState], None]) -> None:
+    def _loop(self, study: optuna.Study, pool: Workers, on_update: Callable[[TuneState], None]) -> None:
+        """Ask for configs while workers are idle and configs are left to measure; store and tell what ends.
+
+        Ends when the target is measured, or when every distinct config is measured or in flight and
+        nothing runs any more: each ask either measures a new config or is answered once from storage.
+        """
         spec, state = self.spec, self.state
         finished = [t for t in self.repo.trials(spec.study) if t.fail_reason != INTERRUPTED and t.state != TrialState.RUNNING]
         measured = {t.config.key(): t for t in finished}
-        state.done = state.initial_done = len(finished)
-        state.failed = sum(t.state == TrialState.FAILED for t in finished)
+        state.done = state.initial_done = len(measured)
+        state.failed = sum(t.state == TrialState.FAILED for t in measured.values())
+        self._repeats = sum(REPEAT_OF in t.user_attrs for t in study.get_trials(deepcopy=False))
         self._update_best()
         in_flight: dict[int, _InFlight] = {}  # generation id -> what waits for it
-        repeats = 0
         on_update(state)
         while True:
-            while pool.idle and not state.exhausted and state.done + state.in_flight < state.target:
+            while pool.idle and state.done + state.in_flight < state.target:
+                flying = {c.key(): (gid, t.number) for gid, f in in_flight.items() for t, c, _ in f.asked}
+                if not self._propose(study, measured, flying):
+                    break
                 trial = study.ask(self._distributions)
-                config = spec.config_from_params(trial.params) if SearchSpace.pairs(trial.params) else None
-                running = {f.generation.key(): (gid, f) for gid, f in in_flight.items()}
-                if config is None:  # e.g. best_of_n without a verifier: not a config
-                    study.tell(trial, state=OptunaState.PRUNED)
-                elif config.key() in measured:  # measured already: answer Optuna from storage
-                    self._tell(study, trial, measured[config.key()])
-                elif config.generation().key() in running:  # its generation runs now: wait for it
-                    gid, flight = running[config.generation().key()]
-                    flight.asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
-                    state.in_flight += 1
+                config = spec.config_from_params(trial.params)
+                key = config.key()
+                if key in measured:  # measured already: answered from storage, once
+                    trial.set_user_attr(REPEAT_OF, measured[key].number)
+                    self._tell(study, trial, measured[key])
+                    self._repeated()
                     continue
-                elif (done := self._completed_generation(config.generation())) is not None:
+                if key in flying:  # running now: answered when it ends
+                    gid, number = flying[key]
+                    trial.set_user_attr(REPEAT_OF, number)
+                    in_flight[gid].repeats.append((trial, key))
+                    self._repeated()
+                    continue
+                running = {f.generation.key(): gid for gid, f in in_flight.items()}
+                generation = config.generation()
+                if generation.key() in running:  # another aggregator of a generation running now: wait for it
+                    gid = running[generation.key()]
+                    in_flight[gid].asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
+                    state.in_flight += 1
+                elif (done := self._completed_generation(generation)) is not None:
                     # Another aggregator of a measured generation: scored from storage, no engine.
                     trial_id = self.repo.start_trial(spec.study, trial.number, config, done.id)
                     state.done += len(self._score(study, [(trial, config, trial_id)], done.id, measured))
                     self._update_best()
-                    continue
                 else:
-                    repeats = 0
-                    generation = config.generation()
                     gid = self.repo.start_generation(spec.study, generation)
                     flight = _InFlight(generation, self._plan(generation))
                     flight.asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
                     in_flight[gid] = flight
                     pool.submit(gid, flight.plan)
                     state.in_flight += 1
-                    continue
-                # Answered without spending a measurement; many in a row mean the space is spent.
-                repeats += 1
-                state.exhausted = repeats >= MAX_REPEATS
             on_update(state)
             if not in_flight:
                 break
@@ -271,7 +332,49 @@ class Controller:
                     summaries = self._score(study, flight.asked, finished_generation.generation_id, measured)
                     summaries += self._siblings(study, flight, finished_generation.generation_id, measured)
                     state.done += len(summaries)
+                for trial, key in flight.repeats:
+                    self._tell(study, trial, measured[key])
                 self._update_best()
+        state.greedy_stopped = spec.sampler == "greedy" and state.done < state.target
+
+    def _propose(self, study: optuna.Study, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> bool:
+        """Whether to ask Optuna for a config now; queues the controller's own choice where the sampler
+        does not choose: queued trials first (baselines, the reference, interrupted configs), then
+        greedy's next config, or a random pick owed after a repeat."""
+        unmeasured = [key for key in self._configs if key not in measured and key not in flying]
+        if not unmeasured:
+            return False
+        if study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
+            return True
+        if self.spec.sampler == "greedy":
+            pick = self._greedy_pick(measured, flying)
+            if pick is None:  # the walks wait for configs in flight, or have stopped
+                return False
+        elif self._owed:
+            pick = self._random.choice(unmeasured)
+            self._owed -= 1
+        else:
+            return True
+        study.enqueue_trial(self._configs[pick])
+        return True
+
+    def _repeated(self) -> None:
+        """The sampler proposed a config measured or in flight. The next configs are random unmeasured
+        ones, twice as many after each repeat, so a study holds at most about log2(configs) + 1
+        repeats per run instead of asking again and again."""
+        self._repeats += 1
+        self._owed = 2 ** (self._repeats - 1)
+
+    def _greedy_pick(self, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> str | None:
+        """The next config the greedy walks want measured (every config at a point measures the point)."""
+        statistic = self.spec.latency_statistic
+        outcomes = {
+            point: [(measured[k].accuracy, measured[k].latency_s.get(statistic)) for k in keys if _usable(measured[k])]
+            for point, keys in self._at_point.items()
+            if all(k in measured for k in keys)
+        }
+        walk = greedy.walk(self._lattice, self.budgets, outcomes)
+        return next((k for point in walk.wanted for k in self._at_point[point] if k not in measured and k not in flying), None)
 
     def _completed_generation(self, generation: Generation) -> GenerationSummary | None:
         key = generation.key()
@@ -468,6 +571,11 @@ class Controller:
         if budgets != self.budgets:
             self.budgets = budgets
             self.repo.set_budgets(spec.study, budgets, reference_s)
+
+
+def _usable(trial: TrialSummary) -> bool:
+    """A measured config that can answer a budget: complete, and not found lossy."""
+    return trial.state == TrialState.COMPLETE and not trial.lossy
 
 
 def _without_speculation(generation: Generation) -> Generation:

@@ -1,0 +1,147 @@
+"""How soon each search strategy measures every budget's best config, on a finished study replayed from storage.
+
+    .venv/bin/python benchmarks/search_efficiency.py --storage sqlite:///latts.db --study STUDY [--seeds 20]
+        [--samplers random,tpe,nsga2,gp,greedy]
+
+STUDY must be exhaustive: every generation of its search space measured (e.g. `sampler: grid` with
+`n_trials` at least the space's size; with the sample pool and latency probes that costs little).
+Each strategy then searches the same space again under each seed, in a new study whose trials are
+answered from STUDY's stored rows (latts.optimizer.replay): **replay, for benchmarking only**; no
+engine runs and no number is new. The replays go to a copy of the database, never to the original.
+`greedy` is deterministic, so its seeds agree.
+
+A replayed config's latency is STUDY's; its accuracy, where it comes from the sample pool, is
+estimated again on the pool as STUDY left it (STUDY estimated it on the pool as it was then), the
+same for every strategy. So the landscape is a `grid` replay, and each budget's best config the most
+accurate within it there. For each strategy: the trials measured until every budget's best config had been measured, as a share of the grid: median and interquartile range
+over seeds, and in how many seeds every best was found at all (greedy's walks may stop first; such
+a seed counts as never). The last line is `best=<sampler> trials_fraction=<median share>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from latts.core.records import TrialState, TrialSummary
+from latts.core.spec import parse_spec
+from latts.optimizer.controller import Controller
+from latts.optimizer.frontier import best_within
+from latts.optimizer.replay import LABEL, ReplayWorkers
+from latts.storage import Repository
+
+SAMPLERS = ("random", "tpe", "nsga2", "gp", "greedy")
+
+
+def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str) -> set[str]:
+    """Each budget's best config (its key): what a search must have measured to answer every budget."""
+    return {best.config.key() for b in budgets if (best := best_within(list(trials), b, statistic)) is not None}
+
+
+def trials_needed(order: Sequence[str], targets: set[str]) -> int | None:
+    """How many configs were measured (in `order`) until every target was; None if one never was."""
+    if not targets <= set(order):
+        return None
+    return 1 + max(order.index(t) for t in targets)
+
+
+def quartiles(shares: Sequence[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile; taken from the values themselves, so `inf` (never) stays one."""
+    q1, median, q3 = np.quantile(np.asarray(shares, dtype=float), [0.25, 0.5, 0.75], method="inverted_cdf")
+    return float(q1), float(median), float(q3)
+
+
+def missing_generations(repo: Repository, source: str) -> list[str]:
+    """Configs of the source's space whose generation it never finished (complete or failed)."""
+    spec = parse_spec(repo.study_spec(source), source=f"study {source}'s stored spec")
+    finished = {g.generation.key() for g in repo.generations(source, states=[TrialState.COMPLETE, TrialState.FAILED])}
+    configs = [spec.config_from_params(p) for p in spec.search_space.points()]
+    return [c.label() for c in configs if c.generation().key() not in finished]
+
+
+def replay(repo: Repository, url: str, source: str, sampler: str, seed: int) -> list[TrialSummary]:
+    """Search the source's space again with `sampler`, answered from storage; its trials in measuring order."""
+    stored = repo.study_spec(source)
+    name = f"replay-{source}-{sampler}-{seed}"
+    grid = len(parse_spec(stored).search_space.points())
+    spec = parse_spec({**stored, "study": name, "sampler": sampler, "n_trials": grid, "race": {**stored.get("race", {}), "finalists": 0}})
+    controller = Controller(spec, repo, url, workers=lambda s, _: ReplayWorkers(repo, source, s.workers.count), sampler_seed=seed)
+    controller.run(None)
+    return repo.trials(name)
+
+
+def compare(repo: Repository, url: str, source: str, samplers: Sequence[str], seeds: Sequence[int]) -> dict[str, list[int | None]]:
+    """Per sampler, the trials each seed needed until every budget's best config was measured."""
+    spec = parse_spec(repo.study_spec(source))
+    landscape = replay(repo, url, source, "grid", 0)
+    targets = best_configs(landscape, repo.study(landscape[0].study).budgets_s or [], spec.latency_statistic)
+
+    def needed(sampler: str, seed: int) -> int | None:
+        return trials_needed([t.config.key() for t in replay(repo, url, source, sampler, seed)], targets)
+
+    return {sampler: [needed(sampler, seed) for seed in seeds] for sampler in samplers}
+
+
+def sqlite_copy(url: str, folder: Path) -> str:
+    """A copy of a SQLite database (consistent even while another process writes it)."""
+    path = make_url(url).database
+    if make_url(url).get_backend_name() != "sqlite" or not path or not Path(path).is_file():
+        sys.exit(f"error: --storage must be an existing SQLite file (sqlite:///FILE), got {url}")
+    target = folder / "replay.db"
+    with sqlite3.connect(path) as source, sqlite3.connect(target) as copy:
+        source.backup(copy)
+    return f"sqlite:///{target}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", required=True, help="SQLite URL of the database holding the study")
+    parser.add_argument("--study", required=True, help="a finished exhaustive study")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    args = parser.parse_args()
+    samplers = [s for s in args.samplers.split(",") if s]
+    console = Console(highlight=False, width=160)
+    folder = Path(tempfile.mkdtemp(prefix="latts-replay-"))
+    try:
+        url = sqlite_copy(args.storage, folder)
+        repo = Repository(url)
+        if repo.study(args.study) is None:
+            sys.exit(f"error: study {args.study!r} does not exist in {args.storage}")
+        missing = missing_generations(repo, args.study)
+        if missing:
+            sys.exit(f"error: study {args.study} is not exhaustive: {len(missing)} configs never measured, e.g. {missing[0]}")
+        grid = len(parse_spec(repo.study_spec(args.study)).search_space.points())
+        console.print(f"{LABEL}: every trial below is answered from study {args.study}'s stored rows; no engine ran")
+        needed = compare(repo, url, args.study, samplers, range(args.seeds))
+        repo.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    table = Table(title=f"Trials until every budget's best config is measured, share of the {grid}-config grid ({args.seeds} seeds, {LABEL})")
+    for column in ("sampler", "median", "interquartile range", "found every best"):
+        table.add_column(column)
+    summary = {}
+    show = lambda x: "never" if math.isinf(x) else f"{x:.2f}"  # noqa: E731
+    for sampler, counts in needed.items():
+        shares = [n / grid if n is not None else math.inf for n in counts]
+        q1, median, q3 = quartiles(shares)
+        summary[sampler] = (median, q3)
+        table.add_row(sampler, show(median), f"{show(q1)}-{show(q3)}", f"{sum(n is not None for n in counts)}/{len(counts)}")
+    console.print(table)
+    best = min(summary, key=lambda s: summary[s])
+    print(f"best={best} trials_fraction={summary[best][0]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The controller's ask/tell loop against fake workers that answer at once: no engine, no Ray.
+
+latts' tables and Optuna's study live in one SQLite file per test, as `latts tune` keeps them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+import pytest
+
+from latts.core.records import TrialState
+from latts.core.spec import AGGREGATOR_VERIFIER, parse_spec
+from latts.optimizer import controller as controller_module
+from latts.optimizer import greedy
+from latts.optimizer.controller import INTERRUPTED, REPEAT_OF, Controller
+from latts.storage import Repository
+from tests.handmade import ControllerDied, FakeWorkers
+
+BASE = {
+    "study": "loop",
+    "hardware": "cpu-2core",
+    "model": "demo:target",
+    "benchmark": {"name": "arith", "n_problems": 6, "seed": 0},
+    "search_space": {"branches": [1, 2], "speculative": ["none"], "aggregator": ["majority"]},
+    "budgets_s": [0.05, 1.0],
+    "sampler": "grid",
+    "n_trials": 2,
+    "race": {"finalists": 0},
+}
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    def refuse(*_):
+        raise AssertionError("init_ray was called although workers were given")
+
+    monkeypatch.setattr(controller_module, "init_ray", refuse)
+
+
+def tune(tmp_path, n_trials=None, **workers):
+    """Run the controller on the fake workers; the controller, the workers and latts' repository."""
+    spec = parse_spec({**BASE, **workers.pop("spec", {})})
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    repo = Repository(url)
+    made = []
+
+    def start(spec_, problems):
+        made.append(FakeWorkers(problems, **workers))
+        return made[-1]
+
+    controller = Controller(spec, repo, url, n_trials, workers=start)
+    controller.run(None)
+    return controller, made[0], repo
+
+
+def optuna_trials(tmp_path, name="loop"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'latts.db'}").trials
+
+
+VERIFIED = {"branches": [4], "aggregator": ["majority", "best_of_n"], "verifier": ["none", "demo:verifier"]}
+
+
+def test_only_valid_aggregator_verifier_pairs_are_offered():
+    space = parse_spec({**BASE, "search_space": VERIFIED}).search_space
+    assert space.choices()[AGGREGATOR_VERIFIER] == ["majority", "best_of_n+demo:verifier"]
+    assert len(space.points()) == 2
+
+
+def test_a_space_smaller_than_n_trials_is_measured_once_and_the_loop_ends(tmp_path):
+    controller, workers, repo = tune(tmp_path, n_trials=7, spec={"search_space": VERIFIED, "race": {"finalists": 2}})
+    assert controller.state.target == 2 and "n_trials 7 is more than the 2 distinct configs" in controller.state.capped
+    assert len(workers.submitted) == 2 and len(workers.raced) == 2 * 3 and workers.shut
+    trials = repo.trials("loop")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert {(t.config.aggregator, t.config.verifier) for t in trials} == {("majority", None), ("best_of_n", "demo:verifier")}
+    study = optuna_trials(tmp_path)
+    assert [t.state for t in study] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert {t.params[AGGREGATOR_VERIFIER] for t in study} == {"majority", "best_of_n+demo:verifier"}
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "greedy"])
+def test_repeats_are_answered_from_storage_and_stay_few(tmp_path, sampler):
+    space = {"branches": [1, 2, 4, 8], "speculative": ["none"], "aggregator": ["majority", "weighted_mean_logprob"]}
+    controller, workers, repo = tune(tmp_path, n_trials=100, spec={"search_space": space, "sampler": sampler, "population_size": 2})
+    configs = 8
+    assert len(repo.trials("loop")) == configs and len(workers.submitted) == 4  # one generation per branch count
+    study = optuna_trials(tmp_path)
+    repeats = [t for t in study if REPEAT_OF in t.user_attrs]
+    assert len(study) == configs + len(repeats) and len(repeats) <= math.log2(configs + 1) + 1
+    numbers = {t.number: t for t in study}
+    for t in repeats:  # the same answer as the trial that measured it
+        assert numbers[t.user_attrs[REPEAT_OF]].params == t.params and numbers[t.user_attrs[REPEAT_OF]].values == t.values
+
+
+def test_a_config_in_flight_asked_twice_generates_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    study = optuna.create_study(study_name="loop", storage=url, directions=["maximize", "minimize"])
+    twice = {"branches": 1, "speculative": "none", AGGREGATOR_VERIFIER: "majority"}
+    study.enqueue_trial(twice)
+    study.enqueue_trial(twice)
+    controller, workers, repo = tune(tmp_path, count=2, spec={"sampler": "random"})
+    assert sorted(g.branches for g in workers.submitted) == [1, 2]  # both workers busy, each config once
+    assert sorted(t.config.branches for t in repo.trials("loop")) == [1, 2]
+    first, again = optuna_trials(tmp_path)[:2]
+    assert again.user_attrs[REPEAT_OF] == first.number and again.values == first.values
+
+
+def test_one_config_and_two_idle_workers_make_one_generation(tmp_path):
+    controller, workers, repo = tune(tmp_path, n_trials=3, count=2, spec={"search_space": {"branches": [4]}})
+    assert len(workers.submitted) == 1 and len(repo.trials("loop")) == 1 and len(optuna_trials(tmp_path)) == 1
+
+
+def test_a_failed_generation_fails_its_trial_and_the_study_goes_on(tmp_path):
+    fail = lambda g: "RuntimeError: engine out of memory" if g.branches == 2 else None  # noqa: E731
+    controller, workers, repo = tune(tmp_path, n_trials=3, fail=fail, spec={"search_space": {"branches": [1, 2, 4]}})
+    trials = {t.config.branches: t for t in repo.trials("loop")}
+    assert trials[2].state == TrialState.FAILED and trials[2].fail_reason == "RuntimeError: engine out of memory"
+    assert trials[2].accuracy is None and trials[2].latency_s is None
+    assert trials[1].state == trials[4].state == TrialState.COMPLETE
+    assert controller.state.failed == 1 and controller.state.done == 3
+    states = {t.params["branches"]: t.state for t in optuna_trials(tmp_path)}
+    assert states == {1: optuna.trial.TrialState.COMPLETE, 2: optuna.trial.TrialState.FAIL, 4: optuna.trial.TrialState.COMPLETE}
+
+
+def test_a_dead_controller_resumes_without_loss_or_duplicates(tmp_path):
+    with pytest.raises(ControllerDied):
+        tune(tmp_path, die_at_wait=2)  # one config done, the other running when it dies
+    repo = Repository(f"sqlite:///{tmp_path / 'latts.db'}")
+    before = repo.trials("loop")
+    assert sorted(t.state for t in before) == [TrialState.COMPLETE, TrialState.RUNNING]
+
+    controller, workers, repo = tune(tmp_path)
+    (running,) = [t for t in before if t.state == TrialState.RUNNING]
+    assert [g.branches for g in workers.submitted] == [running.config.branches]  # re-run once, nothing else
+    after = repo.trials("loop")
+    assert [(t.id, t.fail_reason) for t in after if t.state == TrialState.FAILED] == [(running.id, INTERRUPTED)]
+    assert sorted(t.config.branches for t in after if t.state == TrialState.COMPLETE) == [1, 2]
+    states = [t.state for t in optuna_trials(tmp_path)]
+    assert optuna.trial.TrialState.RUNNING not in states and states.count(optuna.trial.TrialState.COMPLETE) == 2
+    assert controller.state.initial_done == 1 and controller.state.done == 2
+
+
+def test_greedy_measures_what_its_walks_ask_for(tmp_path):
+    """The controller's greedy measures the points the pure walk wants, on the same landscape, and stops."""
+    space = {"branches": [1, 2, 4, 8], "speculative": ["none", {"method": "ngram", "num_speculative_tokens": [2, 4]}]}
+    speedup = {None: 1.0, 2: 0.7, 4: 0.6}
+    accuracy = {1: 0.2, 2: 0.5, 4: 0.7, 8: 0.8}
+
+    def landscape(g):
+        return accuracy[g.branches], 0.01 * g.branches * speedup[g.num_speculative_tokens]
+
+    budgets = [0.015, 0.03]
+    controller, workers, repo = tune(
+        tmp_path, n_trials=100, landscape=landscape,
+        spec={"search_space": space, "sampler": "greedy", "sample_pool": False, "budgets_s": budgets},
+    )
+    label = {None: "none", 2: "ngram:k=2", 4: "ngram:k=4"}
+    measured = {(g.branches, label[g.num_speculative_tokens]) for g in workers.submitted}
+    lattice = greedy.Lattice((1, 2, 4, 8), (("ngram:k=2", "ngram:k=4"),))
+
+    def measure(point):
+        b, s = point
+        k = {"none": None, "ngram:k=2": 2, "ngram:k=4": 4}[s]
+        return [(accuracy[b], 0.01 * b * speedup[k])]
+
+    walks, order = greedy.search(lattice, budgets, measure)
+    assert measured - set(order) == {(8, "none")}  # the baseline that fills the pool speculation is tested against
+    assert set(order) <= measured
+    assert controller.state.greedy_stopped and controller.state.done == len(measured) < controller.state.target
+    assert len(optuna_trials(tmp_path)) == len(measured)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+def test_an_optuna_study_with_the_old_parameters_resumes(tmp_path, sampler):
+    """Releases before the aggregator_verifier dimension asked for aggregator and verifier apart."""
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    study = optuna.create_study(study_name="loop", storage=url, directions=["maximize", "minimize"])
+    old = {
+        "branches": optuna.distributions.CategoricalDistribution([1, 2]),
+        "speculative": optuna.distributions.CategoricalDistribution(["none"]),
+        "aggregator": optuna.distributions.CategoricalDistribution(["majority"]),
+        "verifier": optuna.distributions.CategoricalDistribution(["none"]),
+    }
+    params = {"branches": 1, "speculative": "none", "aggregator": "majority", "verifier": "none"}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=old, values=[0.5, 0.01]))
+    study.enqueue_trial(params)  # queued by the old release, never asked
+    controller, workers, repo = tune(tmp_path, spec={"sampler": sampler})
+    assert sorted(t.config.branches for t in repo.trials("loop")) == [1, 2] and len(workers.submitted) == 2

@@ -1,0 +1,91 @@
+"""Replay landscapes and the search-efficiency benchmark on a study the controller measured with fake workers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from benchmarks.search_efficiency import best_configs, compare, missing_generations, quartiles, replay, trials_needed
+from latts.core.records import TrialState
+from latts.core.spec import parse_spec
+from latts.optimizer.controller import Controller
+from latts.optimizer.replay import LABEL, ReplayWorkers
+from latts.storage import Repository
+from tests.handmade import FakeWorkers
+
+SPACE = {"branches": [1, 2, 4], "speculative": ["none", {"method": "ngram", "num_speculative_tokens": [2]}], "aggregator": ["majority"]}
+SOURCE = {
+    "study": "src",
+    "hardware": "cpu-2core",
+    "model": "demo:target",
+    "benchmark": {"name": "arith", "n_problems": 6, "seed": 0},
+    "search_space": SPACE,
+    "budgets_s": [0.012, 0.025, 1.0],
+    "sampler": "grid",
+    "n_trials": 6,
+    "latency_probes": 3,
+    "race": {"finalists": 0},
+}
+ACCURACY = {1: 0.2, 2: 0.5, 4: 0.8}
+
+
+def landscape(generation):
+    speedup = 0.7 if generation.speculative_method else 1.0
+    return ACCURACY[generation.branches], 0.01 * generation.branches * speedup
+
+
+def measure_source(tmp_path, fail=None, **changes):
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    repo = Repository(url)
+    spec = parse_spec({**SOURCE, **changes})
+    Controller(spec, repo, url, workers=lambda s, problems: FakeWorkers(problems, landscape=landscape, fail=fail)).run(None)
+    return repo, url
+
+
+def test_a_replayed_study_has_the_source_numbers(tmp_path):
+    repo, url = measure_source(tmp_path)
+    source = {t.config.key(): t for t in repo.trials("src")}
+    grid = replay(repo, url, "src", "grid", seed=0)
+    randomly = {t.config.key(): t for t in replay(repo, url, "src", "random", seed=3)}
+    assert sorted(randomly) == sorted(source)  # the whole grid, each config once
+    for t in grid:
+        assert t.worker == LABEL and t.state == TrialState.COMPLETE and t.accuracy_source == "pool"
+        assert t.latency_s == source[t.config.key()].latency_s
+        # Accuracy is estimated again on the pool as the source left it: the same for every strategy.
+        assert t.accuracy == randomly[t.config.key()].accuracy
+
+def test_what_failed_in_the_source_fails_in_the_replay(tmp_path):
+    fail = lambda g: "RuntimeError: engine out of memory" if g.branches == 4 and g.speculative_method else None  # noqa: E731
+    repo, url = measure_source(tmp_path, fail=fail)
+    assert missing_generations(repo, "src") == []  # failed counts as measured: there is nothing more to learn
+    (failed,) = [t for t in replay(repo, url, "src", "random", seed=0) if t.state == TrialState.FAILED]
+    assert failed.fail_reason == f"{LABEL}: RuntimeError: engine out of memory"
+
+
+def test_what_the_source_never_measured_fails_in_the_replay(tmp_path):
+    repo, url = measure_source(tmp_path, n_trials=5)
+    (never,) = missing_generations(repo, "src")
+    (failed,) = [t for t in replay(repo, url, "src", "random", seed=0) if t.state == TrialState.FAILED]
+    assert failed.config.label() == never and "never measured" in failed.fail_reason
+
+
+def test_replay_workers_refuse_an_unknown_study(tmp_path):
+    repo, _ = measure_source(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        ReplayWorkers(repo, "nope")
+
+
+def test_trials_needed_counts_until_the_last_best():
+    assert trials_needed(["a", "b", "c", "d"], {"b", "c"}) == 3
+    assert trials_needed(["a", "b"], {"b", "z"}) is None
+    assert quartiles([0.5, 0.25, 1.0, math.inf]) == (0.25, 0.5, 1.0)
+
+
+def test_strategies_are_compared_on_the_replayed_study(tmp_path):
+    repo, url = measure_source(tmp_path, sample_pool=False)  # accuracy as the landscape says, on every problem
+    targets = best_configs(replay(repo, url, "src", "grid", seed=0), repo.study("src").budgets_s, "mean")
+    assert len(targets) == 3  # each budget has its own best
+    needed = compare(repo, url, "src", ["random", "greedy"], seeds=[0, 1])
+    assert all(n is not None and len(targets) <= n <= 6 for n in needed["random"])
+    assert needed["greedy"][0] == needed["greedy"][1]  # deterministic
