@@ -88,6 +88,8 @@ class Engine:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # Dev mode adds /reset_prefix_cache (see forget_prompts); nothing else changes.
+                env={**os.environ, "VLLM_SERVER_DEV_MODE": "1"},
             )
         self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
         try:
@@ -147,6 +149,17 @@ class Engine:
         response = self.client.post("/classify", json={"model": self.model, "input": [prompt + text for text in texts]})
         response.raise_for_status()
         return [float(item["probs"][0]) for item in sorted(response.json()["data"], key=lambda d: d["index"])]
+
+    def forget_prompts(self) -> None:
+        """Empty the server's prefix cache, so that the next request computes its whole prompt, as a
+        new question does (timing the same problems again would otherwise find their prompts cached)."""
+        for _ in range(50):  # it refuses while a finishing request still holds blocks
+            response = self.client.post("/reset_prefix_cache")
+            response.raise_for_status()
+            if response.json().get("success"):
+                return
+            time.sleep(0.01)
+        raise RuntimeError("vLLM server kept refusing to reset its prefix cache")
 
     def spec_counters(self) -> dict[str, int]:
         """Cumulative speculative-decoding counters of this server."""

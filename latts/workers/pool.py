@@ -16,6 +16,9 @@ from latts.problems import Problem, extract_boxed
 from latts.workers import hardware
 from latts.workers.engine import EngineCache, Sample
 
+# The core of a worker's slice left to its actor, engine server and engine core (see worker_env).
+CONTROL_CORE = "LATTS_CONTROL_CORE"
+
 
 class TrialFailed(Exception):
     """A generation that could not be measured; the message is its one-line reason."""
@@ -25,6 +28,8 @@ class EngineWorker:
     """One Ray actor: an engine cache and the problem list; runs a generation plan start to finish."""
 
     def __init__(self, name: str, spec: StudySpec, problems: list[Problem]) -> None:
+        if CONTROL_CORE in os.environ:  # see worker_env
+            os.sched_setaffinity(0, {int(os.environ[CONTROL_CORE])})
         self.name = f"{name}@{socket.gethostname()}"
         self.spec = spec
         self.problems = problems
@@ -61,20 +66,27 @@ class EngineWorker:
 
         engine = cached(plan.engine)
         verifier = cached(self.spec.engine.verifier_key(generation.verifier)) if generation.verifier else None
-        # Warm the request path for this branch count; recorded, never counted in problem latency.
-        warm_start = time.perf_counter()
-        (warm,) = engine.generate([self.problems[0].prompt], generation, seeds=[self.spec.seed])
-        self._branches(verifier, self.problems[0].prompt, warm)
-        warmup_s = time.perf_counter() - warm_start
-        tokens = sum(s.n_tokens for s in warm)
-        counters_before = engine.spec_counters()
-
         # Timed problems go one at a time (the latency-sensitive single-request setting), or in groups
         # of `concurrency` submitted together; then each problem's latency is its group's wall time.
-        timed: list[TimedProblem] = []
-        for start in range(0, len(plan.timed), self.spec.concurrency):
-            group = plan.timed[start : start + self.spec.concurrency]
+        groups = [plan.timed[start : start + self.spec.concurrency] for start in range(0, len(plan.timed), self.spec.concurrency)]
+        # Warm pass: each group once, untimed, so that every shape its requests take (prompt lengths,
+        # decode batch sizes) has run before; the CPU build builds kernels on a shape's first use, a
+        # server that has been up a while has them. Recorded, never counted in problem latency.
+        warm_start = time.perf_counter()
+        tokens = 0
+        for group in groups:
             prompts = [self.problems[index].prompt for index, _ in group]
+            for prompt, samples in zip(prompts, engine.generate(prompts, generation, seeds=[seed for _, seed in group]), strict=True):
+                self._branches(verifier, prompt, samples)
+                tokens += sum(s.n_tokens for s in samples)
+        warmup_s = time.perf_counter() - warm_start
+        counters_before = engine.spec_counters()
+
+        timed: list[TimedProblem] = []
+        for group in groups:
+            prompts = [self.problems[index].prompt for index, _ in group]
+            for server in filter(None, (engine, verifier)):
+                server.forget_prompts()  # the warm pass left these prompts cached; a new question finds nothing
             submitted = time.perf_counter()
             samples = engine.generate(prompts, generation, seeds=[seed for _, seed in group])
             branches = [self._branches(verifier, prompt, s) for prompt, s in zip(prompts, samples, strict=True)]
@@ -134,12 +146,17 @@ def worker_env(spec: StudySpec, index: int) -> dict[str, str]:
     Within a slice of two or more cores, the first is left to the engine's
     scheduler process (it polls while busy) and the actor, as vLLM's own
     auto binding does: sharing a core with the OMP threads doubled the
-    latency of the demo model on 2 cores.
+    latency of the demo model on 2 cores. The actor pins itself, and so the
+    server and engine core it starts, to that first core (`CONTROL_CORE`);
+    vLLM binds its compute threads to the others itself.
     """
     env = {
         "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.kv_cache_gib),
         "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
         "TOKENIZERS_PARALLELISM": "false",
+        # Ray starts workers at niceness 15, below its own daemons (raylet, GCS, dashboard), and the
+        # engines a worker starts inherit it: every daemon wake-up then preempted the engine mid-step.
+        "RAY_worker_niceness": "0",
     }
     for name in ("LATTS_CACHE_DIR", "LATTS_VLLM_CPU_FIX"):  # where demo models live; the CPU fix's switch
         if name in os.environ:
@@ -149,6 +166,8 @@ def worker_env(spec: StudySpec, index: int) -> dict[str, str]:
         share = len(cores) // spec.workers.count
         mine = cores[index * share : (index + 1) * share]
         env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine[1:] if len(mine) > 1 else mine))
+        if len(mine) > 1:
+            env[CONTROL_CORE] = str(mine[0])
     return env
 
 

@@ -4,9 +4,13 @@ Runs on workers, between a worker and its vLLM server: `python -m latts.workers.
 leads a process group holding the server and the engine core processes the server spawns. When
 the worker dies, even by SIGKILL, this process notices (its parent changes) within half a second
 and takes the whole group down, so no engine is left holding cores or its KV cache. SIGTERM to
-this process (the worker closing the engine) does the same. Ray itself SIGKILLs a dead worker's
-children, this process among them, so the server is also told by the kernel (a parent-death
-signal) to shut down when this process dies.
+this process (the worker closing the engine) does the same.
+
+Ray itself SIGKILLs a dead worker's children, this process among them, so each process below it
+also dies with its parent (the kernel's parent-death signal): the server with this process, set
+before it starts, and vLLM's engine core and workers with theirs, set by `die_with_parent`, a vLLM
+plugin that vLLM runs in each of its processes (active only under this supervisor). A server
+starting up ignores SIGTERM, hence SIGKILL.
 """
 
 from __future__ import annotations
@@ -18,15 +22,14 @@ import subprocess
 import sys
 
 POLL_S = 0.5
-
-
 STOP_GRACE_S = 10
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+SUPERVISED = "LATTS_SUPERVISED"  # set in the server's environment; vLLM's processes inherit it
 
 
 def main(command: list[str]) -> int:
     parent = os.getppid()
-    child = subprocess.Popen(command, preexec_fn=_terminate_when_parent_dies)
+    child = subprocess.Popen(command, preexec_fn=_arm_parent_death_signal, env={**os.environ, SUPERVISED: "1"})
     signal.signal(signal.SIGTERM, lambda *_: _stop(child))
     while True:
         try:
@@ -36,10 +39,14 @@ def main(command: list[str]) -> int:
                 _stop(child)
 
 
-def _terminate_when_parent_dies() -> None:
-    """In the server, before it starts: SIGTERM when this process dies, even by SIGKILL (vLLM's
-    server then shuts its engine core down cleanly)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent() -> None:
+    """A vLLM plugin: in vLLM's processes under this supervisor, die with the parent process."""
+    if os.environ.get(SUPERVISED) == "1":
+        _arm_parent_death_signal()
+
+
+def _arm_parent_death_signal() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _stop(child: subprocess.Popen) -> None:
