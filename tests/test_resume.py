@@ -9,6 +9,7 @@ import sys
 import time
 
 import optuna
+import psutil
 import pytest
 import yaml
 
@@ -101,14 +102,20 @@ def test_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path, demo_mode
     )
     try:
 
-        def running_worker_pid():
+        def running_worker():
             if not (tmp_path / "latts.db").exists() or not Repository(url).running_trials("worker-death"):
                 return None
             ps = subprocess.run(["pgrep", "-f", "ray::EngineWorker"], capture_output=True, text=True)
-            return int(ps.stdout.split()[0]) if ps.stdout.strip() else None
+            worker = psutil.Process(int(ps.stdout.split()[0])) if ps.stdout.strip() else None
+            # Once its engine core runs: the whole tree below the worker must go with it.
+            below = worker.children(recursive=True) if worker else []
+            return (worker, below) if any("EngineCore" in p.name() for p in below) else None
 
-        os.kill(wait_for(running_worker_pid, 600, "a worker running a trial"), signal.SIGKILL)
+        worker, engine_processes = wait_for(running_worker, 600, "a worker running a trial on a started engine")
+        worker.kill()
         _, stderr = controller.communicate(timeout=900)
+        left = [p for p in engine_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, f"the killed worker's engine processes outlived it: {[p.name() for p in left]}"
     finally:
         if controller.poll() is None:
             os.killpg(controller.pid, signal.SIGKILL)

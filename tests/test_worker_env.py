@@ -3,7 +3,7 @@
 import pytest
 
 from latts.core.spec import load_spec, parse_spec
-from latts.workers.pool import worker_env
+from latts.workers.pool import CONTROL_CORE, worker_env
 from tests.conftest import REPO_ROOT, SMALL_STUDY
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
@@ -23,6 +23,19 @@ def test_one_worker_leaves_a_core_to_the_engine_scheduler(monkeypatch):
 def test_workers_get_disjoint_slices(monkeypatch):
     assert _binds(monkeypatch, [0, 1], 2) == ["0", "1"]
     assert _binds(monkeypatch, range(8), 2) == ["1,2,3", "5,6,7"]
+
+
+def test_the_actor_and_engine_server_keep_off_the_compute_cores(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    envs = [worker_env(parse_spec({**SMALL_STUDY, "workers": {"count": 2}}), i) for i in range(2)]
+    assert [(e[CONTROL_CORE], e["VLLM_CPU_OMP_THREADS_BIND"]) for e in envs] == [("0", "1"), ("2", "3")]
+    # A one-core slice has no core to spare: nothing is pinned.
+    assert all(CONTROL_CORE not in worker_env(parse_spec({**SMALL_STUDY, "workers": {"count": 4}}), i) for i in range(4))
+
+
+def test_engines_run_at_normal_priority():
+    # Ray would start them at niceness 15, below its own daemons, which then preempt every step.
+    assert worker_env(parse_spec(SMALL_STUDY), 0)["RAY_worker_niceness"] == "0"
 
 
 def test_no_binding_when_cores_are_short_or_on_gpus(monkeypatch):
