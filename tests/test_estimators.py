@@ -58,3 +58,19 @@ def test_pool_without_answers_and_too_small_a_pool():
     assert problem_accuracy(empty, CORRECT, 2, "majority") == 0.0
     with pytest.raises(ValueError, match="fill it first"):
         subsets(3, 4, np.random.default_rng(0))
+
+
+def test_a_lossless_speculative_config_is_estimated_as_its_target_alone_twin():
+    """The same pooled samples decide both configs' answers: equal estimates, so the faster one wins
+    a budget, not whichever drew luckier random subsets."""
+    from latts.optimizer.evaluation import problem_accuracies
+    from latts.problems import Problem
+    from tests.handmade import config
+
+    problems = [Problem(f"p{i}", f"Q{i}", "12") for i in range(5)]
+    pooled = {i: pool(i, 30) for i in range(5)}  # C(30, 8) subsets: estimated from random ones
+    alone = config(8, "weighted_mean_logprob")
+    drafted = config(8, "weighted_mean_logprob", speculative_method="draft_model", draft_model="demo:draft", num_speculative_tokens=4)
+    args = ([], problems, {"window": 16, "tail": 32}, pooled)
+    assert problem_accuracies(drafted, *args) == problem_accuracies(alone, *args)
+    assert problem_accuracies(config(4, "weighted_mean_logprob"), *args) != problem_accuracies(alone, *args)

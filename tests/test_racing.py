@@ -63,6 +63,20 @@ def test_margin_beats_ties_and_alone():
     assert budget_answer(0.3, [TRIALS[0]], accuracies, "mean", 3).verdict == "nothing-fits"
 
 
+def test_a_more_accurate_finalist_that_may_fit_ties_the_answer_at_the_edge():
+    # TRIALS[3] (85%) timed 0.65 s against a budget of 0.6 s, but its interval reaches 0.58 s: the
+    # answer, TRIALS[0] (80%), cannot claim the budget alone, nor beat what may fit too.
+    accuracies = {0: {i: 0.8 for i in range(20)}, 1: {i: 0.5 for i in range(20)}, 3: {i: 0.85 for i in range(20)}}
+    answer = budget_answer(0.6, [TRIALS[3], TRIALS[0], TRIALS[1]], accuracies, "mean", rounds=3)
+    assert (answer.trial, answer.runner_up, answer.verdict) == (0, 3, "tied")
+    assert answer.margin == pytest.approx(-0.05)
+    # Without it, TRIALS[0] beats the next fitting finalist as before.
+    assert budget_answer(0.6, [TRIALS[0], TRIALS[1]], accuracies, "mean", rounds=3).verdict == "beats"
+    # A finalist whose interval stays over the budget does not tie anything.
+    over = replace(TRIALS[3], latency_ci={"mean": (0.62, 0.68)})
+    assert budget_answer(0.6, [over, TRIALS[0]], accuracies, "mean", rounds=3).verdict == "alone"
+
+
 def test_paired_margin_uses_shared_problems():
     margin, (lo, hi) = paired_margin({0: 1.0, 1: 0.0, 2: 1.0}, {0: 0.0, 1: 0.0, 5: 1.0})
     assert margin == pytest.approx(0.5) and lo <= margin <= hi

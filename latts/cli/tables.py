@@ -92,7 +92,9 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
         else:
             lo, hi = a.margin_ci
             word = "beats" if a.verdict == "beats" else "tied with"
-            versus = f"{word} #{a.runner_up}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%})"
+            edge = a.runner_up in trials and trials[a.runner_up].latency_s.get(statistic) > a.budget_s
+            where = " (at the edge: it may fit too)" if edge else ""
+            versus = f"{word} #{a.runner_up}{where}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%})"
         table.add_row(
             f"{a.budget_s:g}",
             f"{chosen.study}#{chosen.number}",

@@ -8,9 +8,9 @@ states) are spelled here once.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Self, get_args
 
 LatencyStatistic = Literal["mean", "p50", "p90", "p99"]
 STATISTICS: tuple[LatencyStatistic, ...] = get_args(LatencyStatistic)
@@ -61,6 +61,10 @@ class Generation:
 
     def with_aggregator(self, aggregator: str) -> TTSConfig:
         return TTSConfig(aggregator=aggregator, **self.to_dict())
+
+    def without_speculation(self) -> Self:
+        """The same branches and sampling on the target alone: what a lossless speculative engine samples."""
+        return replace(self, speculative_method=None, draft_model=None, num_speculative_tokens=None)
 
 
 @dataclass(frozen=True, kw_only=True)

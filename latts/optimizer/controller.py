@@ -408,7 +408,7 @@ class Controller:
                     fill.append((index, short, stable_seed("fill", self._pool_key(generation), sha, have)))
                 if generation.verifier:
                     score += [(s.id, index, s.branch.text) for s in pooled[sha] if s.branch.verifier_score is None]
-        fill_engine = generation if generation.speculative_method is None else _without_speculation(generation)
+        fill_engine = generation.without_speculation()
         return GenerationPlan(
             generation=generation,
             engine=spec.engine.key_for(spec.model, generation),
@@ -576,10 +576,6 @@ class Controller:
 def _usable(trial: TrialSummary) -> bool:
     """A measured config that can answer a budget: complete, and not found lossy."""
     return trial.state == TrialState.COMPLETE and not trial.lossy
-
-
-def _without_speculation(generation: Generation) -> Generation:
-    return Generation(generation.branches, generation.temperature, generation.top_p, generation.max_tokens, verifier=generation.verifier)
 
 
 def init_ray(address: str | None, spec: StudySpec) -> None:

@@ -6,8 +6,8 @@ again in interleaved rounds (so drift over time hits them all alike) and then as
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -51,7 +51,7 @@ def finalists(
 def _accuracy_identity(trial: TrialSummary) -> str:
     if trial.accuracy_source != "pool":
         return f"trial {trial.number}"
-    return replace(trial.config, speculative_method=None, draft_model=None, num_speculative_tokens=None).key()
+    return trial.config.without_speculation().key()
 
 
 def paired_margin(a: Mapping[int, float], b: Mapping[int, float], seed: int = 0) -> tuple[float, tuple[float, float]]:
@@ -76,7 +76,9 @@ def budget_answer(
 
     `accuracies` holds each finalist's per-problem accuracy, by trial number. The choice fits
     confidently when its latency interval lies within the budget; it beats the runner-up (the next
-    most accurate finalist that fits) when their paired accuracy difference excludes zero.
+    most accurate finalist that fits) when their paired accuracy difference excludes zero. A more
+    accurate finalist whose latency interval reaches under the budget may fit as well: then it is
+    the runner-up and the answer is tied with it, at the budget's edge.
     """
     numbers = [t.number for t in raced]
     fitting = sorted(
@@ -87,9 +89,13 @@ def budget_answer(
     chosen = fitting[0]
     upper = _interval(chosen, statistic)[1]
     fits_confidently = upper is not None and upper <= budget_s
-    if len(fitting) == 1:
+    edge = sorted(
+        (t for t in raced if t not in fitting and t.accuracy > chosen.accuracy and (_interval(t, statistic)[0] or math.inf) <= budget_s),
+        key=lambda t: (-t.accuracy, _latency(t, statistic), t.number),
+    )
+    if not edge and len(fitting) == 1:
         return BudgetAnswer(budget_s, chosen.number, None, fits_confidently, None, None, "alone", rounds, numbers)
-    runner_up = fitting[1]
+    runner_up = edge[0] if edge else fitting[1]
     margin, interval = paired_margin(accuracies[chosen.number], accuracies[runner_up.number], seed)
-    verdict = "beats" if interval[0] > 0 else "tied"
+    verdict = "beats" if interval[0] > 0 and not edge else "tied"
     return BudgetAnswer(budget_s, chosen.number, runner_up.number, fits_confidently, margin, interval, verdict, rounds, numbers)
