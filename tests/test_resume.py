@@ -92,6 +92,13 @@ def test_sigkilled_controller_resumes_without_loss_or_duplicates(tmp_path, demo_
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4
 
 
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path, demo_model_paths):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({**SPEC, "study": "worker-death", "n_trials": 3, "search_space": {**SPEC["search_space"], "branches": [1, 2, 4]}}))
@@ -114,7 +121,7 @@ def test_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path, demo_mode
         worker, engine_processes = wait_for(running_worker, 600, "a worker running a trial on a started engine")
         worker.kill()
         _, stderr = controller.communicate(timeout=900)
-        left = [p for p in engine_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        left = [p for p in engine_processes if alive(p)]
         assert not left, f"the killed worker's engine processes outlived it: {[p.name() for p in left]}"
     finally:
         if controller.poll() is None:
