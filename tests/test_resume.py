@@ -92,6 +92,13 @@ def test_sigkilled_controller_resumes_without_loss_or_duplicates(tmp_path, demo_
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4
 
 
+def name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.NoSuchProcess:  # compilers come and go while an engine starts
+        return ""
+
+
 def alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
@@ -113,16 +120,19 @@ def test_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path, demo_mode
             if not (tmp_path / "latts.db").exists() or not Repository(url).running_trials("worker-death"):
                 return None
             ps = subprocess.run(["pgrep", "-f", "ray::EngineWorker"], capture_output=True, text=True)
-            worker = psutil.Process(int(ps.stdout.split()[0])) if ps.stdout.strip() else None
-            # Once its engine core runs: the whole tree below the worker must go with it.
-            below = worker.children(recursive=True) if worker else []
-            return (worker, below) if any("EngineCore" in p.name() for p in below) else None
+            try:
+                worker = psutil.Process(int(ps.stdout.split()[0])) if ps.stdout.strip() else None
+                # Once its engine core runs: the whole tree below the worker must go with it.
+                below = worker.children(recursive=True) if worker else []
+            except psutil.NoSuchProcess:
+                return None
+            return (worker, below) if any("EngineCore" in name(p) for p in below) else None
 
         worker, engine_processes = wait_for(running_worker, 600, "a worker running a trial on a started engine")
         worker.kill()
         _, stderr = controller.communicate(timeout=900)
         left = [p for p in engine_processes if alive(p)]
-        assert not left, f"the killed worker's engine processes outlived it: {[p.name() for p in left]}"
+        assert not left, f"the killed worker's engine processes outlived it: {[name(p) for p in left]}"
     finally:
         if controller.poll() is None:
             os.killpg(controller.pid, signal.SIGKILL)
