@@ -171,7 +171,9 @@ class Controller:
                 self._enqueue_grid(study)
             self._recover_interrupted(study)
             self._loop(study, pool, on_update)
-            if spec.race.finalists:
+            # A rerun that measured nothing new keeps the answers it has (`latts confirm` races again).
+            measured_now = self.state.done > self.state.initial_done
+            if spec.race.finalists and (measured_now or not self.repo.budget_answers(spec.study)):
                 self.state.racing = True
                 on_update(self.state)
                 self._race(pool)
