@@ -8,8 +8,10 @@ aggregator, so no two configs share a generation; `sample_pool: false`). *Pool*:
 the sample pool and latency probes (`sample_pool: true`, the spec's `latency_probes`): each
 generation is timed on the probes and shared by its aggregators, accuracy comes from the pool.
 Both run `latts tune` as a user does, on fresh SQLite databases, with the grid sampler over the
-whole space. A budget's choice counts as the same when it is the same config, or when each
-accuracy lies within the other's 95% interval.
+whole space, and no final race (it would time some configs of each arm again). Both arms answer
+the same budgets in seconds: the pool study's, where the spec's budgets are relative. A budget's
+choice counts as the same when it is the same config, or when each accuracy lies within the
+other's 95% interval.
 
 The last line is `tokens_ratio=<full/pool generated tokens> same_choices=<k>/<budgets>`.
 """
@@ -49,8 +51,9 @@ def grid_size(space: SearchSpace) -> int:
     return len(space.points())
 
 
-def tune(spec: dict, folder: Path) -> tuple[list[TrialSummary], int, int, float]:
-    """Run `latts tune` on `spec` in a fresh database; its trials, generated tokens, engine starts, wall time."""
+def tune(spec: dict, folder: Path) -> tuple[list[TrialSummary], list[float], int, int, float]:
+    """Run `latts tune` on `spec` in a fresh database; its trials, budgets in seconds, generated tokens,
+    engine starts, wall time."""
     path = folder / f"{spec['study']}.yaml"
     path.write_text(yaml.safe_dump(spec))
     url = f"sqlite:///{folder / 'latts.db'}"
@@ -63,7 +66,7 @@ def tune(spec: dict, folder: Path) -> tuple[list[TrialSummary], int, int, float]
     generations = repo.generations(spec["study"])
     tokens = sum(g.generated_tokens or 0 for g in generations)
     starts = sum(g.engine_starts or 0 for g in generations)
-    return repo.trials(spec["study"]), tokens, starts, wall_s
+    return repo.trials(spec["study"]), repo.study(spec["study"]).budgets_s, tokens, starts, wall_s
 
 
 def run_full(base: dict, aggregators: list[str], folder: Path) -> Arm:
@@ -76,16 +79,16 @@ def run_full(base: dict, aggregators: list[str], folder: Path) -> Arm:
             "sample_pool": False,
         }
         spec["n_trials"] = grid_size(parse_spec(spec).search_space)
-        found, t, s, w = tune(spec, folder / aggregator)
+        found, _, t, s, w = tune(spec, folder / aggregator)
         trials, tokens, starts, wall = trials + found, tokens + t, starts + s, wall + w
     return Arm("full", trials, tokens, wall, starts)
 
 
-def run_pool(base: dict, folder: Path) -> Arm:
+def run_pool(base: dict, folder: Path) -> tuple[Arm, list[float]]:
     spec = {**base, "study": "pool", "sample_pool": True}
     spec["n_trials"] = grid_size(parse_spec(spec).search_space)
-    trials, tokens, starts, wall = tune(spec, folder)
-    return Arm("pool", trials, tokens, wall, starts)
+    trials, budgets, tokens, starts, wall = tune(spec, folder)
+    return Arm("pool", trials, tokens, wall, starts), budgets
 
 
 def same_choice(a: TrialSummary | None, b: TrialSummary | None) -> bool:
@@ -109,13 +112,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the databases (default: a new temporary one)")
     args = parser.parse_args()
     spec = load_spec(args.spec)
-    base = {**spec.model_dump(mode="json", exclude={"storage"}), "sampler": "grid"}
+    base = {**spec.model_dump(mode="json", exclude={"storage"}), "sampler": "grid", "race": {"finalists": 0}}
     folder = Path(args.out or tempfile.mkdtemp(prefix="latts-search-cost-"))
     for sub in ["pool", *spec.search_space.aggregator]:
         (folder / sub).mkdir(parents=True, exist_ok=True)
 
-    pool = run_pool(base, folder / "pool")
-    full = run_full(base, list(spec.search_space.aggregator), folder)
+    pool, budgets = run_pool(base, folder / "pool")
+    full = run_full({**base, "budgets_s": budgets}, list(spec.search_space.aggregator), folder)
 
     console = Console(width=200)
     table = Table(title=f"Search cost of the {spec.study} grid ({grid_size(spec.search_space)} configs), full vs pool")
@@ -126,14 +129,14 @@ def main() -> None:
     table.add_row("engine starts", str(full.engine_starts), str(pool.engine_starts), "")
     same = 0
     statistic = spec.latency_statistic
-    for budget in spec.budgets_s:
+    for budget in budgets:
         a, b = best_within(full.trials, budget, statistic), best_within(pool.trials, budget, statistic)
         agree = same_choice(a, b)
         same += agree
         table.add_row(f"<= {budget:g} s", describe(a, statistic), describe(b, statistic), "same" if agree else "DIFFERENT")
     console.print(table)
     console.print(f"databases: {folder}")
-    print(f"tokens_ratio={full.tokens / pool.tokens:.2f} same_choices={same}/{len(spec.budgets_s)}")
+    print(f"tokens_ratio={full.tokens / pool.tokens:.2f} same_choices={same}/{len(budgets)}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -171,7 +172,7 @@ class Engine:
         return totals
 
     def close(self) -> None:
-        """Stop the server and its engine core (their process group) and free its memory."""
+        """Stop the server and its engine core (their process group), free its memory, remove its folder."""
         self.client.close()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -180,6 +181,7 @@ class Engine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class EngineCache:
