@@ -130,8 +130,9 @@ class FakeWorkers:
     """Answers every plan at once: each problem's branches all give one answer, right for the first
     `accuracy` share of the problems; every problem takes `latency` seconds."""
 
-    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None):
+    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None, slower_in_race=1.0):
         self.problems = problems
+        self.slower_in_race = slower_in_race  # the machine's drift: every latency timed in the race, times this
         self.count = count
         self.landscape = landscape or (lambda g: (0.5, 0.01 * g.branches))
         self.fail = fail or (lambda g: None)
@@ -164,7 +165,7 @@ class FakeWorkers:
 
     def run(self, generation_id, plan):
         self.raced.append(plan.generation)
-        return Finished(generation_id, self._result(plan), None)
+        return Finished(generation_id, self._result(plan, self.slower_in_race), None)
 
     def detect_hardware(self):
         return {"cpu_count": 2, "gpus": []}
@@ -178,8 +179,8 @@ class FakeWorkers:
         score = 0.5 if plan.generation.verifier else None
         return tuple(Branch(f"\\boxed{{{answer}}}", answer, 3, (-0.1, -0.2, -0.3), score) for _ in range(n))
 
-    def _result(self, plan):
-        _, latency = self.landscape(plan.generation)
+    def _result(self, plan, slower=1.0):
+        latency = self.landscape(plan.generation)[1] * slower
         n = plan.generation.branches
         timed = [
             TimedProblem(index, self._branches(plan, index, n), latency, {a: 0.0 for a in plan.aggregators})

@@ -80,6 +80,28 @@ def test_a_space_smaller_than_n_trials_is_measured_once_and_the_loop_ends(tmp_pa
     assert {t.params[AGGREGATOR_VERIFIER] for t in study} == {"majority", "best_of_n+demo:verifier"}
 
 
+def test_relative_budgets_are_settled_on_the_machine_the_finalists_race_on(tmp_path):
+    # One branch is the reference (0.01 s in the search); two branches are more accurate (0.02 s).
+    # The machine is twice as slow when the race comes: budgets from the search-time reference would
+    # leave the raced two-branch config (0.035 s pooled) outside 2.5x = 0.025 s.
+    landscape = lambda g: (0.4 if g.branches == 1 else 0.8, 0.01 * g.branches)  # noqa: E731
+    spec = {"budgets_s": ["2.5x"], "race": {"finalists": 3, "rounds": 3}, "sample_pool": False}  # accuracy as landscaped
+    controller, workers, repo = tune(tmp_path, landscape=landscape, slower_in_race=2.0, spec=spec)
+    raced = [g.branches for g in workers.raced]
+    assert raced[:3] == [1, 1, 1] and raced[3:].count(2) == 3  # the reference first, then the finalists
+    trials = {t.config.branches: t for t in repo.trials("loop")}
+    reference_s = (0.01 + 3 * 0.02) / 4  # its search timing and its three timings before the finalists
+    study = repo.study("loop")
+    assert study.reference_s == pytest.approx(reference_s) and study.budgets_s == [pytest.approx(2.5 * reference_s, rel=1e-3)]
+    (answer,) = repo.budget_answers("loop")
+    assert answer.trial == trials[2].number and trials[2].latency_s.mean == pytest.approx((0.02 + 3 * 0.04) / 4)
+
+
+def test_a_race_where_no_budget_has_a_fitting_config_answers_nothing_fits(tmp_path):
+    controller, workers, repo = tune(tmp_path, spec={"budgets_s": [0.001], "race": {"finalists": 3}})
+    assert workers.raced == [] and [a.verdict for a in repo.budget_answers("loop")] == ["nothing-fits"]
+
+
 @pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "greedy"])
 def test_repeats_are_answered_from_storage_and_stay_few(tmp_path, sampler):
     space = {"branches": [1, 2, 4, 8], "speculative": ["none"], "aggregator": ["majority", "weighted_mean_logprob"]}

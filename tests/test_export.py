@@ -8,6 +8,7 @@ import os
 import pytest
 import yaml
 
+from latts.core.records import BudgetAnswer
 from latts.demo import models as demo_models
 from latts.optimizer.frontier import best_within
 from latts.reporting import export
@@ -83,6 +84,27 @@ def test_export_cli_writes_yaml_and_json(hand, tmp_path):
     # A confidence-weighted aggregator needs the engine's token log-probabilities in the response.
     proc = run_latts("export", "--study", "hand", "--budget", "1.5", "--format", "json", "--storage", url)
     assert json.loads(proc.stdout)["request"]["logprobs"] == 0
+
+
+def test_best_and_export_give_a_raced_budget_its_raced_answer(tmp_path):
+    # The race chose trial #1 at 2 s (say #3 was timed again and missed it): best and export must
+    # answer what tune printed, not the fastest-looking config of the search; other budgets and
+    # --include-lossy still ask the trials.
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    repo = make_study(url, tmp_path)
+    assert best_within(repo.trials("hand"), 2.0).number == 3
+    repo.record_budget_answers("hand", [BudgetAnswer(2.0, 1, 3, True, 0.0, (-0.1, 0.1), "tied", 3, [1, 3])])
+
+    def best(*extra):
+        proc = run_latts("best", "--study", "hand", "--budget", "2", "--json", "--storage", url, *extra)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["best"]["number"]
+
+    exported = run_latts("export", "--study", "hand", "--budget", "2", "--format", "json", "--storage", url)
+    assert best() == json.loads(exported.stdout)["trial"] == 1
+    assert best("--include-lossy") == 3
+    proc = run_latts("best", "--study", "hand", "--budget", "2.5", "--json", "--storage", url)
+    assert json.loads(proc.stdout)["best"]["number"] == 3
 
 
 def test_export_nothing_fits_exits_3_and_writes_nothing(hand, tmp_path):

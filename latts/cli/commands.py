@@ -264,8 +264,8 @@ def export_command(
     include_lossy: IncludeLossyOption = False,
 ) -> None:
     """Serving config for the most accurate config within the budget; exit code 3 when none fits."""
-    from latts.optimizer.frontier import best_within
     from latts.reporting import export as exporting
+    from latts.reporting.documents import best_document, study_answers
 
     if fmt not in exporting.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporting.FORMATS)}")
@@ -274,9 +274,10 @@ def export_command(
     _check_budget(budget)
     if statistic is not None:
         _check_statistic(statistic)
-    spec, trials = _study_spec_and_trials(Repository(storage_url(storage)), study)
+    repo = Repository(storage_url(storage))
+    spec, trials = _study_spec_and_trials(repo, study)
     statistic = statistic or spec.get("latency_statistic", "mean")
-    chosen = best_within(trials, budget, statistic, include_lossy)
+    chosen = best_document(trials, budget, statistic, include_lossy, study_answers(repo, study, statistic)).best
     if chosen is None:
         err.print(f"no completed trial of {study} fits {budget:g} s ({statistic} latency); nothing exported")
         raise typer.Exit(EXIT_NO_FIT)
@@ -301,6 +302,7 @@ def plot_command(
     statistic: Annotated[str | None, typer.Option("--statistic", help="mean, p50, p90 or p99; default the study's own")] = None,
 ) -> None:
     """Accuracy-latency plot: every trial, the frontier, each budget and the config chosen for it."""
+    from latts.reporting.documents import study_answers
     from latts.reporting.plots import PlotError, plot_study
 
     if statistic is not None:
@@ -311,7 +313,8 @@ def plot_command(
     statistic = statistic or spec.get("latency_statistic", "mean")
     title = f"{study}: {info.model} on {info.benchmark}, {info.hardware}" if info else study
     try:
-        plot_study(trials, (info.budgets_s if info else None) or [], statistic, output, title=title)
+        budgets = (info.budgets_s if info else None) or []
+        plot_study(trials, budgets, statistic, output, title=title, answers=study_answers(repo, study, statistic))
     except PlotError as exc:
         raise UsageError(str(exc)) from None
     err.print(f"wrote {output}", markup=False)

@@ -214,22 +214,21 @@ class Controller:
         return detected
 
     def _race(self, pool: Workers) -> list[BudgetAnswer]:
-        """Time every budget's finalists again in interleaved rounds; store their new numbers and the answers."""
+        """Time every budget's finalists again in interleaved rounds; store their new numbers and the answers.
+
+        Relative budgets are settled first: their reference config is timed again as many rounds,
+        just before the finalists, so that the budgets and the finalists' latencies are measured on
+        the machine as it is now (one timing of the reference early in the search moved every
+        relative budget by as much as the machine drifts: up to 50% between runs here).
+        """
         spec, statistic = self.spec, self.spec.latency_statistic
+        reference = self._reference_trial(self.repo.trials(spec.study)) if spec.relative_budgets else None
+        if reference is not None:
+            self._time_again(pool, [reference.generation_id])
+            self._resolve_budgets(self.repo.trials(spec.study), settle=True)
         trials = self.repo.trials(spec.study)
         picks = {b: finalists(trials, b, statistic, spec.race.finalists) for b in self.budgets}
-        generations = sorted({t.generation_id for raced in picks.values() for t in raced})
-        stored = {g.id: g for g in self.repo.generations(spec.study)}
-        start = {gid: 1 + max(p.round for p in self.repo.timed_problems(gid)) for gid in generations}
-        for offset in range(spec.race.rounds):
-            # Rotate the order each round: no finalist always runs first, or right after an engine switch.
-            for gid in generations[offset % len(generations):] + generations[: offset % len(generations)]:
-                done = pool.run(gid, self._plan(stored[gid].generation, timing_only=True))
-                if done.result is not None:  # a worker that died mid-race costs that round's timing only
-                    self.repo.add_timing_round(gid, [replace(p, round=start[gid] + offset) for p in done.result.timed])
-        for trial in self.repo.trials(spec.study, states=[TrialState.COMPLETE]):
-            if trial.generation_id in start:
-                self.repo.update_trial_numbers(trial.id, self._numbers(trial.config, trial.generation_id))
+        self._time_again(pool, sorted({t.generation_id for raced in picks.values() for t in raced}))
         trials = {t.number: t for t in self.repo.trials(spec.study)}
         answers = []
         for budget, raced in picks.items():
@@ -239,6 +238,22 @@ class Controller:
         self.repo.record_budget_answers(spec.study, answers)
         self._update_best()
         return answers
+
+    def _time_again(self, pool: Workers, generations: list[int]) -> None:
+        """Time `generations` again in the race's interleaved rounds; refresh the numbers of their trials."""
+        if not generations:  # no budget has a config that fits
+            return
+        stored = {g.id: g for g in self.repo.generations(self.spec.study)}
+        start = {gid: 1 + max(p.round for p in self.repo.timed_problems(gid)) for gid in generations}
+        for offset in range(self.spec.race.rounds):
+            # Rotate the order each round: no finalist always runs first, or right after an engine switch.
+            for gid in generations[offset % len(generations):] + generations[: offset % len(generations)]:
+                done = pool.run(gid, self._plan(stored[gid].generation, timing_only=True))
+                if done.result is not None:  # a worker that died mid-race costs that round's timing only
+                    self.repo.add_timing_round(gid, [replace(p, round=start[gid] + offset) for p in done.result.timed])
+        for trial in self.repo.trials(self.spec.study, states=[TrialState.COMPLETE]):
+            if trial.generation_id in start:
+                self.repo.update_trial_numbers(trial.id, self._numbers(trial.config, trial.generation_id))
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
         for params in self._configs.values():
@@ -553,26 +568,31 @@ class Controller:
         self._resolve_budgets(trials)
         self.state.best = {b: best_within(trials, b, self.spec.latency_statistic) for b in self.budgets}
 
-    def _resolve_budgets(self, trials: list[TrialSummary]) -> None:
-        """Budgets in seconds: relative ones are multiples of the reference config's latency as first
-        measured (kept, so that timing the reference again in a race does not move the budgets)."""
+    def _resolve_budgets(self, trials: list[TrialSummary], settle: bool = False) -> None:
+        """Budgets in seconds: relative ones are multiples of the reference config's latency, as first
+        measured and then as settled by the race (kept in between, so that they do not move with
+        every timing), or as it stands now when `settle`."""
         spec = self.spec
         budgets = [b for b in spec.budgets_s if not isinstance(b, str)]
         reference_s = None
         if spec.relative_budgets:
             info = self.repo.study(spec.study)
-            reference_s = info.reference_s if info else None
+            reference_s = None if settle or info is None else info.reference_s
             if reference_s is None:
-                reference = spec.config_from_params(spec.reference_params())
-                measured = next((t for t in trials if t.config == reference and t.state == TrialState.COMPLETE), None)
+                measured = self._reference_trial(trials)
                 if measured is None:
                     self.budgets = budgets  # the relative ones wait for their reference
                     return
                 reference_s = measured.latency_s.get(spec.latency_statistic)
             budgets = spec.resolve_budgets(reference_s)
-        if budgets != self.budgets:
+        if budgets != self.budgets or settle:
             self.budgets = budgets
             self.repo.set_budgets(spec.study, budgets, reference_s)
+
+    def _reference_trial(self, trials: list[TrialSummary]) -> TrialSummary | None:
+        """The measured config that relative budgets are multiples of, if it is measured yet."""
+        reference = self.spec.config_from_params(self.spec.reference_params())
+        return next((t for t in trials if t.config == reference and t.state == TrialState.COMPLETE), None)
 
 
 def _usable(trial: TrialSummary) -> bool:

@@ -84,8 +84,13 @@ def best_document(
     include_lossy: bool = False,
     answers: Sequence[BudgetAnswer] = (),
 ) -> BestDocument:
-    best = best_within(trials, budget_s, statistic, include_lossy)
     raced = next((a for a in answers if a.budget_s == budget_s), None)
+    if raced is not None and not include_lossy:
+        # One of the study's own budgets after its race: the raced answer, as `tune` printed it (its
+        # finalists' latencies pool more timings than any other config's).
+        best = next((t for t in trials if t.number == raced.trial), None)
+    else:
+        best = best_within(trials, budget_s, statistic, include_lossy)
     return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best, raced=raced)
 
 

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from latts.core.records import LatencyStatistic, TrialState, TrialSummary
-from latts.optimizer.frontier import best_within, completed, pareto_front
+from latts.core.records import BudgetAnswer, LatencyStatistic, TrialState, TrialSummary
+from latts.optimizer.frontier import completed, pareto_front
+from latts.reporting.documents import best_document
 
 if TYPE_CHECKING:  # both libraries load only when a plot of their kind is drawn
     import plotly.graph_objects as go
@@ -46,8 +47,10 @@ def _hover(trial: TrialSummary, statistic: LatencyStatistic) -> str:
     return f"#{trial.number} {trial.config.label()}: {trial.accuracy:.1%}, {trial.latency_s.get(statistic):.3f} s"
 
 
-def _chosen(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic) -> list[tuple[float, TrialSummary | None]]:
-    return [(budget, best_within(trials, budget, statistic)) for budget in sorted(budgets)]
+def _chosen(
+    trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, answers: Sequence[BudgetAnswer]
+) -> list[tuple[float, TrialSummary | None]]:
+    return [(budget, best_document(trials, budget, statistic, answers=answers).best) for budget in sorted(budgets)]
 
 
 def _choice_text(budget: float, trial: TrialSummary | None) -> str:
@@ -57,9 +60,14 @@ def _choice_text(budget: float, trial: TrialSummary | None) -> str:
 
 
 def plot_study(
-    trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, path: str | Path, title: str = ""
+    trials: Sequence[TrialSummary],
+    budgets: Sequence[float],
+    statistic: LatencyStatistic,
+    path: str | Path,
+    title: str = "",
+    answers: Sequence[BudgetAnswer] = (),
 ) -> Path:
-    """Write the plot to `path`; its extension picks the format."""
+    """Write the plot to `path`; its extension picks the format. A budget with a raced answer shows it."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
@@ -67,10 +75,10 @@ def plot_study(
     if not path.parent.is_dir():
         raise PlotError(f"cannot write {path}: folder {path.parent} does not exist")
     if suffix == ".png":
-        matplotlib_figure(trials, budgets, statistic, title).savefig(path, dpi=120)
+        matplotlib_figure(trials, budgets, statistic, title, answers).savefig(path, dpi=120)
     else:
         # The whole plotly.js goes into the file, so it opens offline.
-        plotly_figure(trials, budgets, statistic, title).write_html(path, include_plotlyjs=True)
+        plotly_figure(trials, budgets, statistic, title, answers).write_html(path, include_plotlyjs=True)
     return path
 
 
@@ -108,7 +116,13 @@ def _errors(trials: Sequence[TrialSummary], statistic: LatencyStatistic) -> tupl
     return x_err, y_err
 
 
-def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, title: str = "") -> Figure:
+def matplotlib_figure(
+    trials: Sequence[TrialSummary],
+    budgets: Sequence[float],
+    statistic: LatencyStatistic,
+    title: str = "",
+    answers: Sequence[BudgetAnswer] = (),
+) -> Figure:
     """A matplotlib Figure: the chart, each budget's choice listed beside it (numbered on its point,
     so that no label covers a point), and a strip of failed trials below when there are any."""
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
@@ -152,7 +166,7 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
             label="Pareto frontier",
             zorder=2,
         )
-    choices = _chosen(measured, budgets, statistic)
+    choices = _chosen(measured, budgets, statistic, answers)
     lines = []
     for i, (budget, chosen) in enumerate(choices, start=1):
         ax.axvline(budget, color="#555555", linestyle="--", linewidth=1, zorder=1)
@@ -189,7 +203,13 @@ def matplotlib_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], 
     return fig
 
 
-def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, title: str = "") -> go.Figure:
+def plotly_figure(
+    trials: Sequence[TrialSummary],
+    budgets: Sequence[float],
+    statistic: LatencyStatistic,
+    title: str = "",
+    answers: Sequence[BudgetAnswer] = (),
+) -> go.Figure:
     """A plotly Figure: chart on top, a failed-trial strip below when there are failed trials."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -248,7 +268,7 @@ def plotly_figure(trials: Sequence[TrialSummary], budgets: Sequence[float], stat
             row=1,
             col=1,
         )
-    for i, (budget, chosen) in enumerate(_chosen(measured, budgets, statistic)):
+    for i, (budget, chosen) in enumerate(_chosen(measured, budgets, statistic, answers)):
         # Shapes take data values on a log axis, annotations take log10 (plotly's convention).
         fig.add_vline(x=budget, line={"dash": "dash", "color": "#555555", "width": 1}, row=1, col=1)
         fig.add_annotation(
