@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,21 +37,15 @@ from latts.core.statistics import latency_stats
 from latts.optimizer.evaluation import stable_seed
 from latts.problems import extract_boxed, load_problems
 from latts.storage import Repository
+from latts.workers.engine import EngineStartError, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 900
 
 
 def latts(*args: str, cwd: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "latts", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"latts {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -67,19 +60,11 @@ class Server:
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.close()
-                sys.exit(f"the server exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if self.client.get("/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        self.close()
-        sys.exit(f"the server did not come up in {START_TIMEOUT_S} s; see {self.log}")
+        try:
+            wait_until_healthy(self.process, self.client, self.log)
+        except EngineStartError as exc:
+            self.close()
+            sys.exit(f"{exc}; see {self.log}")
 
     def forget_prompts(self) -> None:
         """Empty the prefix cache (a dev-mode endpoint), so that a problem sent again is computed again."""

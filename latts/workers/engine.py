@@ -51,7 +51,7 @@ class Sample:
     token_logprobs: tuple[float, ...]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -62,6 +62,24 @@ def _reason(log: Path) -> str:
     lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if re.search(r"Error|error:|Exception", line)]
     return (errors or lines or ["(no output)"])[-1][-500:]
+
+
+def wait_until_healthy(process: subprocess.Popen, client, log: Path) -> None:
+    """Wait until a starting vLLM server answers /health; EngineStartError with its last words when
+    it exits or is not up within START_TIMEOUT_S."""
+    import httpx
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise EngineStartError(f"vLLM server exited with {process.returncode}: {_reason(log)}")
+        try:
+            if client.get("/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise EngineStartError(f"vLLM server not ready after {START_TIMEOUT_S} s: {_reason(log)}")
 
 
 class Engine:
@@ -75,7 +93,7 @@ class Engine:
         config = settings.serve_config(key, demo_models.resolve_model)
         self.model = config["model"]  # the served model name defaults to the model path
         (self.folder / "serve.yaml").write_text(yaml.safe_dump({**config, "seed": seed}, sort_keys=False))
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = self.folder / "server.log"
         started = time.perf_counter()
@@ -94,25 +112,11 @@ class Engine:
             )
         self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
         try:
-            self._wait_ready(started)
+            wait_until_healthy(self.process, self.client, self.log)
         except BaseException:
             self.close()
             raise
         self.start_s = time.perf_counter() - started
-
-    def _wait_ready(self, started: float) -> None:
-        import httpx
-
-        while time.perf_counter() - started < START_TIMEOUT_S:
-            if self.process.poll() is not None:
-                raise EngineStartError(f"vLLM server exited with {self.process.returncode}: {_reason(self.log)}")
-            try:
-                if self.client.get("/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise EngineStartError(f"vLLM server not ready after {START_TIMEOUT_S} s: {_reason(self.log)}")
 
     def _complete(self, prompt: str, generation: Generation, seed: int, n: int) -> list[Sample]:
         response = self.client.post(
