@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/repeatability.py [--spec examples/quickstart.yaml] [--repeats 5]
 
 Runs latts' own measuring harness (a Ray worker serving each engine with vLLM's OpenAI-compatible
-server, the spec's probe problems and seeds) on three configs of the spec's model: the measured
+server, the spec's probe problems, seeds and latency rounds) on three configs of the spec's model: the measured
 one (4 branches, no speculation) and two others between its repeats (8 branches without
 speculation, one branch with the spec's first draft model or n-gram speculation). Every repeat
 starts a fresh worker, so every engine starts again. The measured config's statistic (the spec's
@@ -63,6 +63,7 @@ def main() -> None:
             generation=generation,
             engine=spec.engine.key_for(spec.model, generation),
             timed=tuple((i, stable_seed(spec.seed, generation.key(), i)) for i in probes),
+            rounds=spec.latency_rounds,
             aggregators=("majority",),
             aggregation=spec.aggregation.model_dump(),
         )

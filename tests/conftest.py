@@ -67,6 +67,7 @@ SMALL_STUDY = {
         "aggregator": ["majority"],
     },
     "budgets_s": [0.05, 0.5, 5.0],
+    "latency_rounds": 2,
     "sampler": "grid",
     "n_trials": 4,
     "workers": {"count": 2, "engines_per_worker": 2},

@@ -183,7 +183,8 @@ class FakeWorkers:
         latency = self.landscape(plan.generation)[1] * slower
         n = plan.generation.branches
         timed = [
-            TimedProblem(index, self._branches(plan, index, n), latency, {a: 0.0 for a in plan.aggregators})
+            TimedProblem(index, self._branches(plan, index, n), latency, {a: 0.0 for a in plan.aggregators}, round=r)
+            for r in range(plan.rounds)
             for index, _ in plan.timed
         ]
         filled = [FilledProblem(index, seed, self._branches(plan, index, short)) for index, short, seed in plan.fill]

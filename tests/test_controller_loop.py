@@ -6,6 +6,7 @@ latts' tables and Optuna's study live in one SQLite file per test, as `latts tun
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import optuna
 import pytest
@@ -95,6 +96,23 @@ def test_relative_budgets_are_settled_on_the_machine_the_finalists_race_on(tmp_p
     assert study.reference_s == pytest.approx(reference_s) and study.budgets_s == [pytest.approx(2.5 * reference_s, rel=1e-3)]
     (answer,) = repo.budget_answers("loop")
     assert answer.trial == trials[2].number and trials[2].latency_s.mean == pytest.approx((0.02 + 3 * 0.04) / 4)
+
+
+def test_latency_rounds_time_the_probes_again_and_pool_their_branches_once(tmp_path):
+    spec = {"search_space": {"branches": [1, 2]}, "latency_rounds": 3, "latency_probes": 2, "race": {"finalists": 1, "rounds": 2}}
+    controller, workers, repo = tune(tmp_path, spec=spec)
+    (answer,) = [a for a in repo.budget_answers("loop") if a.trial is not None][:1]
+    raced = next(t for t in repo.trials("loop") if t.number == answer.trial).generation_id
+    for generation in repo.generations("loop"):
+        rounds = sorted({p.round for p in repo.timed_problems(generation.id)})
+        # Three rounds of its own, then three more per race round for a finalist, numbered on.
+        assert rounds == list(range(3 + 3 * 2 if generation.id == raced else 3))
+        assert len(repo.timed_problems(generation.id)) == 2 * len(rounds)
+    # The pool holds each timed branch once (later rounds repeat the same seeds): two branches of
+    # every problem from the two-branch baseline, and the one-branch config's on its two probes.
+    with sqlite3.connect(tmp_path / "latts.db") as db:
+        counts = db.execute("SELECT count(*) FROM latts_pool_samples GROUP BY prompt_sha").fetchall()
+    assert sorted(c for (c,) in counts) == [2, 2, 2, 2, 3, 3]
 
 
 def test_a_race_where_no_budget_has_a_fitting_config_answers_nothing_fits(tmp_path):

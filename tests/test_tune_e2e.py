@@ -29,10 +29,12 @@ def check_study(url: str, n_trials: int, n_problems: int) -> list:
         rows = repo.timed_problems(t.generation_id)
         first = [r for r in rows if r.round == 0]
         assert [r.index for r in first] == list(range(n_problems))  # fewer problems than latency probes: all timed
-        # A finalist was timed again in each round of the race, on the same problems; others once.
-        rounds = SMALL_STUDY_RACE_ROUNDS if t.generation_id in raced else 0
-        assert sorted({r.round for r in rows}) == list(range(rounds + 1))
-        assert len(rows) == n_problems * (rounds + 1)
+        # Each generation timed its problems latency_rounds times; a finalist as often again in each
+        # round of the race, on the same problems.
+        per_timing = SMALL_STUDY["latency_rounds"]
+        rounds = per_timing * (1 + SMALL_STUDY_RACE_ROUNDS if t.generation_id in raced else 1)
+        assert sorted({r.round for r in rows}) == list(range(rounds))
+        assert len(rows) == n_problems * rounds
         assert all(len(r.branches) == t.config.branches for r in rows)
         # What the worker's rule answered in the loop is what latts' rule answers on the stored branches.
         assert [r.answers[t.config.aggregator] for r in rows] == [aggregate(t.config.aggregator, r.branches) for r in rows]

@@ -140,7 +140,7 @@ class TimedProblem:
     latency_s: float  # submit of all branches -> every branch (and its verifier score) back
     aggregation_s: dict[str, float]  # seconds each aggregator of the study took on these branches
     answers: dict[str, str | None] = field(default_factory=dict)  # what each of them answered, on the worker
-    round: int = 0  # 0: the generation itself; 1, 2, ...: timed again when its configs raced
+    round: int = 0  # 0 to latency_rounds - 1: the generation itself; later ones: timed again when its configs raced
 
 
 @dataclass(frozen=True)
@@ -159,6 +159,7 @@ class GenerationPlan:
     generation: Generation
     engine: EngineKey
     timed: tuple[tuple[int, int], ...]  # (problem index, seed), latency measured one by one
+    rounds: int = 1  # the timed problems, timed this many times over (rounds 0, 1, ...)
     fill: tuple[tuple[int, int, int], ...] = ()  # (problem index, branches, seed), untimed
     fill_engine: EngineKey | None = None  # a lossless engine for the fill: `engine` itself without speculation
     score: tuple[tuple[int, int, str], ...] = ()  # (pool sample id, problem index, text) for the verifier

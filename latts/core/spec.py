@@ -332,6 +332,9 @@ class StudySpec(_Strict):
     # trial or study), latency timed on `latency_probes` problems; false: every config on every problem.
     sample_pool: bool = True
     latency_probes: int = Field(default=8, ge=1)
+    # The probes timed this many times over, back to back after one warm pass; the latency pools
+    # them all. On a shared machine one timing varies by itself (12% here, 1/sqrt(rounds) with more).
+    latency_rounds: int = Field(default=1, ge=1)
     race: RaceSpec = RaceSpec()
     trial_timeout_s: float = Field(default=1800, gt=0)
     storage: str | None = None

@@ -250,7 +250,8 @@ class Controller:
             for gid in generations[offset % len(generations):] + generations[: offset % len(generations)]:
                 done = pool.run(gid, self._plan(stored[gid].generation, timing_only=True))
                 if done.result is not None:  # a worker that died mid-race costs that round's timing only
-                    self.repo.add_timing_round(gid, [replace(p, round=start[gid] + offset) for p in done.result.timed])
+                    first = start[gid] + offset * self.spec.latency_rounds
+                    self.repo.add_timing_round(gid, [replace(p, round=first + p.round) for p in done.result.timed])
         for trial in self.repo.trials(self.spec.study, states=[TrialState.COMPLETE]):
             if trial.generation_id in start:
                 self.repo.update_trial_numbers(trial.id, self._numbers(trial.config, trial.generation_id))
@@ -430,6 +431,7 @@ class Controller:
             generation=generation,
             engine=spec.engine.key_for(spec.model, generation),
             timed=tuple(zip(probes, seeds, strict=True)),
+            rounds=spec.latency_rounds,
             fill=tuple(fill),
             fill_engine=spec.engine.key_for(spec.model, fill_engine),
             score=tuple(score),
@@ -455,10 +457,11 @@ class Controller:
         fill = [PoolDraw(self._shas[p.index], p.seed, i, b) for p in result.filled for i, b in enumerate(p.branches)]
         self.repo.add_pool_samples(key, fill, generation_id, verifier)
         seeds = dict(flight.plan.timed)
-        timed = [PoolDraw(self._shas[p.index], seeds[p.index], i, b) for p in result.timed for i, b in enumerate(p.branches)]
+        first = [p for p in result.timed if p.round == 0]  # later rounds repeat its seeds: the same branches
+        timed = [PoolDraw(self._shas[p.index], seeds[p.index], i, b) for p in first for i, b in enumerate(p.branches)]
         if generation.speculative_method is not None:
-            pooled = self._pooled(generation, [p.index for p in result.timed], scored_only=False)
-            verdict = check_against_pool(result.timed, pooled, spec.seed, self._baseline_trial(generation))
+            pooled = self._pooled(generation, [p.index for p in first], scored_only=False)
+            verdict = check_against_pool(first, pooled, spec.seed, self._baseline_trial(generation))
             self.repo.record_losslessness(generation_id, verdict)
             if verdict.verdict != "lossless":
                 return

@@ -167,7 +167,7 @@ class TimedProblemRow(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     generation_id: Mapped[int] = mapped_column(ForeignKey("latts_generations.id", ondelete="CASCADE"))
-    round: Mapped[int] = mapped_column(default=0)  # 0: the generation itself; 1, 2, ...: timed again in a race
+    round: Mapped[int] = mapped_column(default=0)  # 0 to latency_rounds - 1: the generation itself; later: a race
     problem_index: Mapped[int]
     # Each Branch as a dict: text, answer, n_tokens, token_logprobs (list), verifier_score.
     branches: Mapped[list[dict[str, Any]]]

@@ -83,17 +83,19 @@ class EngineWorker:
         counters_before = engine.spec_counters()
 
         timed: list[TimedProblem] = []
-        for group in groups:
-            prompts = [self.problems[index].prompt for index, _ in group]
-            for server in filter(None, (engine, verifier)):
-                server.forget_prompts()  # the warm pass left these prompts cached; a new question finds nothing
-            submitted = time.perf_counter()
-            samples = engine.generate(prompts, generation, seeds=[seed for _, seed in group])
-            branches = [self._branches(verifier, prompt, s) for prompt, s in zip(prompts, samples, strict=True)]
-            latency_s = time.perf_counter() - submitted
-            for (index, _), problem_branches in zip(group, branches, strict=True):
-                tokens += sum(b.n_tokens for b in problem_branches)
-                timed.append(TimedProblem(index, problem_branches, latency_s, *self._aggregate_each(plan, problem_branches)))
+        for round_ in range(plan.rounds):
+            for group in groups:
+                prompts = [self.problems[index].prompt for index, _ in group]
+                for server in filter(None, (engine, verifier)):
+                    server.forget_prompts()  # the warm pass left these prompts cached; a new question finds nothing
+                submitted = time.perf_counter()
+                samples = engine.generate(prompts, generation, seeds=[seed for _, seed in group])
+                branches = [self._branches(verifier, prompt, s) for prompt, s in zip(prompts, samples, strict=True)]
+                latency_s = time.perf_counter() - submitted
+                for (index, _), problem_branches in zip(group, branches, strict=True):
+                    tokens += sum(b.n_tokens for b in problem_branches)
+                    aggregated = self._aggregate_each(plan, problem_branches)
+                    timed.append(TimedProblem(index, problem_branches, latency_s, *aggregated, round=round_))
         counters = {k: v - counters_before[k] for k, v in engine.spec_counters().items()}
 
         # Untimed: fill the sample pool (all at once, for throughput) and score pooled samples.
