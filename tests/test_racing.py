@@ -43,11 +43,13 @@ def test_finalists_could_be_the_answer():
     assert finalists(TRIALS, 0.6, "mean", 0) == []
 
 
-def test_configs_sharing_pooled_accuracy_race_once():
-    # The same branches and aggregator with lossless speculation: the same accuracy, only the faster races.
+def test_configs_sharing_pooled_accuracy_race_together_and_count_once():
+    # The same branches and aggregator with lossless speculation: the same accuracy; which is faster
+    # is the race's question, so both race, as one of the three.
     faster_twin = replace(TRIALS[1], number=5, id=5, latency_s=LatencyStats(*[0.3] * 4), latency_ci={"mean": (0.28, 0.32)},
                           config=replace(TRIALS[1].config, speculative_method="ngram", num_speculative_tokens=4))
-    assert [t.number for t in finalists([*TRIALS, faster_twin], 0.6, "mean", 3)] == [3, 0, 5]
+    assert [t.number for t in finalists([*TRIALS, faster_twin], 0.6, "mean", 3)] == [3, 0, 5, 1]
+    assert [t.number for t in finalists([*TRIALS, faster_twin], 0.6, "mean", 2)] == [3, 0]
 
 
 def test_margin_beats_ties_and_alone():

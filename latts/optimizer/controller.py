@@ -222,6 +222,9 @@ class Controller:
         relative budget by as much as the machine drifts: up to 50% between runs here).
         """
         spec, statistic = self.spec, self.spec.latency_statistic
+        # Every trial scored on the pool as it is now: one scored early saw fewer samples, and configs
+        # sharing pooled samples must compare equal on accuracy.
+        self._refresh_numbers()
         reference = self._reference_trial(self.repo.trials(spec.study)) if spec.relative_budgets else None
         if reference is not None:
             self._time_again(pool, [reference.generation_id])
@@ -252,8 +255,13 @@ class Controller:
                 if done.result is not None:  # a worker that died mid-race costs that round's timing only
                     first = start[gid] + offset * self.spec.latency_rounds
                     self.repo.add_timing_round(gid, [replace(p, round=first + p.round) for p in done.result.timed])
+        self._refresh_numbers(set(generations))
+
+    def _refresh_numbers(self, generations: set[int] | None = None) -> None:
+        """Compute the numbers of the study's complete trials (of `generations`, or all) again, from
+        their stored timings and the pool as it is now."""
         for trial in self.repo.trials(self.spec.study, states=[TrialState.COMPLETE]):
-            if trial.generation_id in start:
+            if generations is None or trial.generation_id in generations:
                 self.repo.update_trial_numbers(trial.id, self._numbers(trial.config, trial.generation_id))
 
     def _enqueue_grid(self, study: optuna.Study) -> None:

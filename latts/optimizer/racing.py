@@ -29,7 +29,10 @@ def finalists(
     """The configs that could be the budget's answer, most accurate first, at most `limit`.
 
     Those whose latency interval reaches under the budget and whose accuracy lies within the
-    interval of the best config that fits; the best config always races.
+    interval of the best config that fits; the best config always races. Configs whose accuracy
+    comes from the same pooled samples (the same branches, aggregator and sampling, with and
+    without lossless speculation) count once towards `limit` and race together: their accuracy is
+    the same, which of them is faster is what the race tells.
     """
     best = best_within(trials, budget_s, statistic)
     if best is None or limit < 1:
@@ -39,13 +42,14 @@ def finalists(
         for t in completed(trials)
         if ((_interval(t, statistic)[0] or _latency(t, statistic)) <= budget_s) and t.accuracy >= best.accuracy_ci[0]
     ]
-    # Configs whose accuracy comes from the same pooled samples (the same branches, aggregator and
-    # sampling, with and without lossless speculation) have the same accuracy: only the fastest races.
+    order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
     fastest: dict[str, TrialSummary] = {}
-    for t in sorted(could, key=lambda t: (_latency(t, statistic), t.number)):
+    for t in sorted(could, key=order):
         fastest.setdefault(_accuracy_identity(t), t)
-    ranked = sorted(fastest.values(), key=lambda t: (-t.accuracy, _latency(t, statistic), t.number))[:limit]
-    return ranked if best in ranked else [*ranked[: limit - 1], best]
+    ranked = [_accuracy_identity(t) for t in sorted(fastest.values(), key=order)][:limit]
+    if _accuracy_identity(best) not in ranked:
+        ranked = [*ranked[: limit - 1], _accuracy_identity(best)]
+    return sorted((t for t in could if _accuracy_identity(t) in ranked), key=order)
 
 
 def _accuracy_identity(trial: TrialSummary) -> str:
