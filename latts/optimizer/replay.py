@@ -62,11 +62,13 @@ class ReplayWorkers:
             return Finished(generation_id, None, f"{LABEL}: {stored.fail_reason}")
         if plan.fill:
             return Finished(generation_id, None, f"{LABEL}: the sample pool lacks samples that study {self.source} never generated")
-        timed = {p.index: p for p in self.repo.timed_problems(stored.id) if p.round == 0}
-        if any(index not in timed for index, _ in plan.timed):
-            return Finished(generation_id, None, f"{LABEL}: study {self.source} timed other problems; replay it with its own spec")
+        timed = {(p.round, p.index): p for p in self.repo.timed_problems(stored.id) if p.round < plan.rounds}
+        wanted = [(round_, index) for round_ in range(plan.rounds) for index, _ in plan.timed]
+        if any(key not in timed for key in wanted):
+            message = f"study {self.source} timed other problems or fewer latency rounds; replay it with its own spec"
+            return Finished(generation_id, None, f"{LABEL}: {message}")
         result = GenerationResult(
-            timed=[timed[index] for index, _ in plan.timed],
+            timed=[timed[key] for key in wanted],
             worker=LABEL,
             engine_start_s=0.0,
             warmup_s=0.0,
