@@ -265,7 +265,7 @@ def export_command(
 ) -> None:
     """Serving config for the most accurate config within the budget; exit code 3 when none fits."""
     from latts.reporting import export as exporting
-    from latts.reporting.documents import best_document, study_answers
+    from latts.reporting.documents import answer_for, study_answers
 
     if fmt not in exporting.FORMATS:
         raise UsageError(f"--format {fmt!r} is not one of {', '.join(exporting.FORMATS)}")
@@ -277,7 +277,7 @@ def export_command(
     repo = Repository(storage_url(storage))
     spec, trials = _study_spec_and_trials(repo, study)
     statistic = statistic or spec.get("latency_statistic", "mean")
-    chosen = best_document(trials, budget, statistic, include_lossy, study_answers(repo, study, statistic)).best
+    chosen = answer_for(trials, budget, statistic, include_lossy, study_answers(repo, study, statistic))
     if chosen is None:
         err.print(f"no completed trial of {study} fits {budget:g} s ({statistic} latency); nothing exported")
         raise typer.Exit(EXIT_NO_FIT)

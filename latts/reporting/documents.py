@@ -85,13 +85,24 @@ def best_document(
     answers: Sequence[BudgetAnswer] = (),
 ) -> BestDocument:
     raced = next((a for a in answers if a.budget_s == budget_s), None)
-    if raced is not None and not include_lossy:
-        # One of the study's own budgets after its race: the raced answer, as `tune` printed it (its
-        # finalists' latencies pool more timings than any other config's).
-        best = next((t for t in trials if t.number == raced.trial), None)
-    else:
-        best = best_within(trials, budget_s, statistic, include_lossy)
+    best = answer_for(trials, budget_s, statistic, include_lossy, answers)
     return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best, raced=raced)
+
+
+def answer_for(
+    trials: Sequence[TrialSummary],
+    budget_s: float,
+    statistic: LatencyStatistic,
+    include_lossy: bool = False,
+    answers: Sequence[BudgetAnswer] = (),
+) -> TrialSummary | None:
+    """The config that answers the budget: for one of the study's own budgets after its race, the
+    raced answer, as `tune` printed it (its finalists' latencies pool more timings than any other
+    config's); otherwise the most accurate config within it."""
+    raced = next((a for a in answers if a.budget_s == budget_s), None)
+    if raced is not None and not include_lossy:
+        return next((t for t in trials if t.number == raced.trial), None)
+    return best_within(trials, budget_s, statistic, include_lossy)
 
 
 def study_answers(repo: Repository, study: str | None, statistic: LatencyStatistic) -> list[BudgetAnswer]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from latts.core.records import BudgetAnswer, LatencyStatistic, TrialState, TrialSummary
 from latts.optimizer.frontier import completed, pareto_front
-from latts.reporting.documents import best_document
+from latts.reporting.documents import answer_for
 
 if TYPE_CHECKING:  # both libraries load only when a plot of their kind is drawn
     import plotly.graph_objects as go
@@ -50,7 +50,7 @@ def _hover(trial: TrialSummary, statistic: LatencyStatistic) -> str:
 def _chosen(
     trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, answers: Sequence[BudgetAnswer]
 ) -> list[tuple[float, TrialSummary | None]]:
-    return [(budget, best_document(trials, budget, statistic, answers=answers).best) for budget in sorted(budgets)]
+    return [(budget, answer_for(trials, budget, statistic, answers=answers)) for budget in sorted(budgets)]
 
 
 def _choice_text(budget: float, trial: TrialSummary | None) -> str:
