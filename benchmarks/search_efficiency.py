@@ -1,21 +1,27 @@
-"""How soon each search strategy measures every budget's best config, on a finished study replayed from storage.
+"""How soon each search strategy measures every budget's best config, on landscapes replayed from storage.
 
-    .venv/bin/python benchmarks/search_efficiency.py --storage sqlite:///latts.db --study STUDY [--seeds 20]
-        [--samplers random,tpe,nsga2,gp,greedy]
+    .venv/bin/python benchmarks/search_efficiency.py [--out DIR] [--seeds 20] [--samplers random,tpe,nsga2,gp,greedy]
+    .venv/bin/python benchmarks/search_efficiency.py --storage sqlite:///latts.db --study STUDY
 
-STUDY must be exhaustive: every generation of its search space measured (e.g. `sampler: grid` with
-`n_trials` at least the space's size; with the sample pool and latency probes that costs little).
+Two landscapes, each an exhaustive study (every generation of its space measured, `sampler: grid`,
+no final race), measured first with `latts tune` as a user runs it, with the sample pool and
+latency probes, in `--out`'s database (kept: a second run finds them finished and measures
+nothing): (a) the quickstart's grid, (b) a larger space built through the pool: branches 1 to 64,
+draft lengths 0 to 8 for ngram and the demo draft model, every aggregator without a verifier.
+`--storage`/`--study` replays one finished exhaustive study of your own instead.
+
 Each strategy then searches the same space again under each seed, in a new study whose trials are
-answered from STUDY's stored rows (latts.optimizer.replay): **replay, for benchmarking only**; no
-engine runs and no number is new. The replays go to a copy of the database, never to the original.
-`greedy` is deterministic, so its seeds agree.
+answered from the landscape's stored rows (latts.optimizer.replay): **replay, for benchmarking
+only**; no engine runs and no number is new. The replays go to a copy of the database, never to
+the original. `greedy` is deterministic, so its seeds agree.
 
-A replayed config's latency is STUDY's; its accuracy, where it comes from the sample pool, is
-estimated again on the pool as STUDY left it (STUDY estimated it on the pool as it was then), the
-same for every strategy. So the landscape is a `grid` replay, and each budget's best config the most
-accurate within it there. For each strategy: the trials measured until every budget's best config had been measured, as a share of the grid: median and interquartile range
-over seeds, and in how many seeds every best was found at all (greedy's walks may stop first; such
-a seed counts as never). The last line is `best=<sampler> trials_fraction=<median share>`.
+A replayed config's latency is the landscape's; its accuracy, where it comes from the sample pool,
+is estimated again on the pool as the landscape left it, the same for every strategy. So each
+budget's best config is the most accurate within it in a `grid` replay. For each strategy: the
+trials measured until every budget's best config had been measured, as a share of the grid: median
+and interquartile range over seeds, and in how many seeds every best was found at all (greedy's
+walks may stop first; such a seed counts as never). The last line is `best=<sampler>
+trials_fraction=<median share>` on the last landscape: (b), or the study given.
 """
 
 from __future__ import annotations
@@ -24,16 +30,20 @@ import argparse
 import math
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from latts.aggregation import RULES
 from latts.core.records import TrialState, TrialSummary
 from latts.core.spec import parse_spec
 from latts.optimizer.controller import Controller
@@ -93,6 +103,45 @@ def compare(repo: Repository, url: str, source: str, samplers: Sequence[str], se
     return {sampler: [needed(sampler, seed) for seed in seeds] for sampler in samplers}
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def landscape_specs() -> list[dict]:
+    """(a) the quickstart's grid; (b) the larger space: branches 1-64, draft lengths 0-8 for both
+    draft options, every aggregator without a verifier. Both exhaustive, without a final race."""
+    quickstart = yaml.safe_load((REPO_ROOT / "examples" / "quickstart.yaml").read_text())
+    lengths = list(range(1, 9))
+    large_space = {
+        "branches": [1, 2, 4, 8, 16, 32, 64],
+        "speculative": [
+            "none",
+            {"method": "ngram", "num_speculative_tokens": lengths},
+            {"method": "draft_model", "model": "demo:draft", "num_speculative_tokens": lengths},
+        ],
+        "aggregator": [name for name, rule in RULES.items() if not rule.needs_verifier],
+    }
+    # Two latency rounds and two cached engines: 119 generations on 2 cores within the hour.
+    large = {**quickstart, "search_space": large_space, "latency_rounds": 2, "workers": {**quickstart["workers"], "engines_per_worker": 2}}
+    specs = []
+    for study, spec in (("landscape-quickstart", quickstart), ("landscape-large", large)):
+        grid = len(parse_spec(spec).search_space.points())
+        specs.append({**spec, "study": study, "sampler": "grid", "n_trials": grid, "race": {"finalists": 0}})
+    return specs
+
+
+def measure(spec: dict, url: str, folder: Path, console: Console) -> None:
+    """`latts tune` on the landscape's spec, as a user runs it; a finished landscape measures nothing new."""
+    path = folder / f"{spec['study']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    console.print(f"measuring landscape {spec['study']} ({spec['n_trials']} configs) with latts tune; log: {folder / spec['study']}.log")
+    started = time.monotonic()
+    with open(folder / f"{spec['study']}.log", "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "latts", "tune", str(path), "--storage", url], cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"error: latts tune {spec['study']} failed (exit {proc.returncode}); see {folder / spec['study']}.log")
+    console.print(f"  done in {time.monotonic() - started:.0f} s")
+
+
 def sqlite_copy(url: str, folder: Path) -> str:
     """A copy of a SQLite database (consistent even while another process writes it)."""
     path = make_url(url).database
@@ -104,31 +153,24 @@ def sqlite_copy(url: str, folder: Path) -> str:
     return f"sqlite:///{target}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--storage", required=True, help="SQLite URL of the database holding the study")
-    parser.add_argument("--study", required=True, help="a finished exhaustive study")
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--samplers", default=",".join(SAMPLERS))
-    args = parser.parse_args()
-    samplers = [s for s in args.samplers.split(",") if s]
-    console = Console(highlight=False, width=160)
+def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, console: Console) -> tuple[str, float]:
+    """Replay every sampler on a copy of `storage`'s exhaustive `study`; print the table; the best sampler and its median share."""
     folder = Path(tempfile.mkdtemp(prefix="latts-replay-"))
     try:
-        url = sqlite_copy(args.storage, folder)
+        url = sqlite_copy(storage, folder)
         repo = Repository(url)
-        if repo.study(args.study) is None:
-            sys.exit(f"error: study {args.study!r} does not exist in {args.storage}")
-        missing = missing_generations(repo, args.study)
+        if repo.study(study) is None:
+            sys.exit(f"error: study {study!r} does not exist in {storage}")
+        missing = missing_generations(repo, study)
         if missing:
-            sys.exit(f"error: study {args.study} is not exhaustive: {len(missing)} configs never measured, e.g. {missing[0]}")
-        grid = len(parse_spec(repo.study_spec(args.study)).search_space.points())
-        console.print(f"{LABEL}: every trial below is answered from study {args.study}'s stored rows; no engine ran")
-        needed = compare(repo, url, args.study, samplers, range(args.seeds))
+            sys.exit(f"error: study {study} is not exhaustive: {len(missing)} configs never measured, e.g. {missing[0]}")
+        grid = len(parse_spec(repo.study_spec(study)).search_space.points())
+        console.print(f"{LABEL}: every trial below is answered from study {study}'s stored rows; no engine ran")
+        needed = compare(repo, url, study, samplers, range(seeds))
         repo.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    table = Table(title=f"Trials until every budget's best config is measured, share of the {grid}-config grid ({args.seeds} seeds, {LABEL})")
+    table = Table(title=f"{study}: trials until every budget's best config is measured, share of the {grid}-config grid ({seeds} seeds, {LABEL})")
     for column in ("sampler", "median", "interquartile range", "found every best"):
         table.add_column(column)
     summary = {}
@@ -140,7 +182,34 @@ def main() -> None:
         table.add_row(sampler, show(median), f"{show(q1)}-{show(q3)}", f"{sum(n is not None for n in counts)}/{len(counts)}")
     console.print(table)
     best = min(summary, key=lambda s: summary[s])
-    print(f"best={best} trials_fraction={summary[best][0]:.3f}")
+    return best, summary[best][0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, help="folder for the landscapes' database (default: a new temporary folder)")
+    parser.add_argument("--storage", help="SQLite URL of a database holding --study, instead of the two landscapes")
+    parser.add_argument("--study", help="a finished exhaustive study in --storage")
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    args = parser.parse_args()
+    if (args.storage is None) != (args.study is None):
+        sys.exit("error: --storage and --study go together: give both to replay your own study, or neither")
+    samplers = [s for s in args.samplers.split(",") if s]
+    console = Console(highlight=False, width=160)
+    if args.study:
+        targets = [(args.storage, args.study)]
+    else:
+        folder = args.out or Path(tempfile.mkdtemp(prefix="latts-landscapes-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{folder.resolve() / 'latts.db'}"
+        targets = []
+        for spec in landscape_specs():
+            measure(spec, url, folder.resolve(), console)
+            targets.append((url, spec["study"]))
+    for storage, study in targets:
+        best, fraction = benchmark(storage, study, samplers, args.seeds, console)
+    print(f"best={best} trials_fraction={fraction:.3f}")
 
 
 if __name__ == "__main__":

@@ -265,7 +265,10 @@ class Controller:
                 self.repo.update_trial_numbers(trial.id, self._numbers(trial.config, trial.generation_id))
 
     def _enqueue_grid(self, study: optuna.Study) -> None:
-        for params in self._configs.values():
+        # Grouped by speculative choice (one engine each), so that each engine starts once whatever
+        # engines_per_worker: in branch order, a space of 17 draft settings started 119 engines.
+        order = {label: i for i, label in enumerate(self.spec.search_space.choices()["speculative"])}
+        for params in sorted(self._configs.values(), key=lambda params: order[params["speculative"]]):
             study.enqueue_trial(params, skip_if_exists=True)
 
     def _recover_interrupted(self, study: optuna.Study) -> None:
