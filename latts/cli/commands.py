@@ -236,6 +236,26 @@ def confirm(
     _print_answers(repo, study, spec.latency_statistic, {})
 
 
+@app.command()
+@friendly_errors
+def upgrade(storage: StorageOption = None) -> None:
+    """Bring the database's latts tables to this latts' schema (back it up first)."""
+    from sqlalchemy.engine import make_url
+
+    from latts.storage import upgrade as upgrade_schema
+    from latts.storage.repository import EMPTY
+
+    url = storage_url(storage)
+    before, after = upgrade_schema(url)
+    shown = make_url(url).render_as_string(hide_password=True)
+    if before == after:
+        out.print(f"storage '{shown}' is at latts schema {after} already; nothing to do", markup=False, soft_wrap=True)
+    elif before == EMPTY:
+        out.print(f"storage '{shown}': created latts' tables at schema {after}", markup=False, soft_wrap=True)
+    else:
+        out.print(f"storage '{shown}': latts schema {before} -> {after}", markup=False, soft_wrap=True)
+
+
 @app.command("demo-models")
 def demo_models_command() -> None:
     """Train the tiny demo models on `arith` (cached; instant when already there)."""

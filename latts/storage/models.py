@@ -2,7 +2,8 @@
 sample pool's; nothing else touches them.
 
 The `latts_` prefix keeps them apart from Optuna's tables (`studies`, `trials`, ...)
-in the same database. Types are portable between SQLite and PostgreSQL.
+in the same database. Types are portable between SQLite and PostgreSQL. A change here
+needs a migration revision too (latts/storage/migrations/env.py says how).
 """
 
 from __future__ import annotations

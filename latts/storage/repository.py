@@ -3,6 +3,8 @@
 Every method opens one short session and transaction, so several processes (and
 Optuna, in the same database) can write side by side. Database failures surface
 as StorageError with a one-line message that names the problem and the fix.
+Opening checks the schema version; the schema
+itself changes only through the migrations in latts.storage.migrations.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Select, create_engine, delete, event, func, literal, select, update
+from sqlalchemy import Connection, Engine, Select, column, create_engine, delete, event, func, inspect, literal, select, table, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -41,15 +43,24 @@ from latts.core.records import (
     TrialSummary,
     TTSConfig,
 )
+from latts.storage import migrations
 from latts.storage.models import Base, Hardware, PoolSample, PoolScore, Study, TimedProblemRow, Trial, utcnow
 from latts.storage.models import BudgetAnswer as BudgetAnswerRow
 from latts.storage.models import Generation as GenerationRow
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 # Writers wait this long for each other (and for Optuna's writes to the same SQLite file).
 SQLITE_BUSY_TIMEOUT_S = 60
 POSTGRES_CONNECT_TIMEOUT_S = 10
-CREATE_TABLES_LOCK_ID = int.from_bytes(b"latts")  # any fixed number; unlikely to clash with other apps
+SCHEMA_LOCK_ID = int.from_bytes(b"latts")  # any fixed number; unlikely to clash with other apps
+# What `upgrade` reports a database held before it: tables an earlier latts wrote without a version, or none.
+UNVERSIONED = "unversioned"
+EMPTY = "empty"
 URL_HINT = "use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB"
+_VERSION = table(migrations.VERSION_TABLE, column("version_num"))  # Alembic writes it; latts only reads it
 
 
 class StorageError(Exception):
@@ -98,6 +109,125 @@ def _create_engine(url: str) -> Engine:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S  # an unreachable host fails fast
     # pre_ping: a long-lived process (latts serve) survives a database restart.
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _shown_url(url: str) -> str:
+    """The storage URL as messages show it: parsed, password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise StorageError(f"cannot parse storage URL {url!r}; {URL_HINT}") from None
+
+
+@contextmanager
+def _opening(url: str) -> Iterator[str]:
+    """The URL to show; failures to reach the database inside, as one line naming the fix."""
+    shown = _shown_url(url)
+    try:
+        yield shown
+    except (ArgumentError, ImportError) as err:  # unknown dialect or its driver is not installed
+        raise StorageError(f"cannot open storage '{shown}': {first_line(err)}; {URL_HINT}") from err
+    except DBAPIError as err:
+        fix = "create its folder" if make_url(url).get_backend_name() == "sqlite" else "start the database"
+        raise StorageError(f"cannot open storage '{shown}': {first_line(err)}; {fix} or pass --storage URL") from err
+
+
+def _stored_version(conn: Connection) -> str | None:
+    """The latts schema revision the database is stamped with; None when it has no version row."""
+    if not inspect(conn).has_table(migrations.VERSION_TABLE):
+        return None
+    return conn.scalar(select(_VERSION.c.version_num))
+
+
+def _has_latts_tables(conn: Connection) -> bool:
+    return any(name.startswith("latts_") and name != migrations.VERSION_TABLE for name in inspect(conn).get_table_names())
+
+
+def _lock_schema(conn: Connection) -> None:
+    # Check-then-create races when two processes open a fresh database at once, so schema changes
+    # run under a lock: SQLite's write lock, or a PostgreSQL advisory lock (DDL is transactional there).
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_ID)))
+
+
+def _migrations(conn: Connection) -> tuple[Config, ScriptDirectory]:
+    """Alembic pointed at the package's migrations, running on `conn` (inside its transaction and lock)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations.LOCATION).replace("%", "%%"))
+    config.attributes["connection"] = conn
+    return config, ScriptDirectory.from_config(config)
+
+
+def _revisions(scripts: ScriptDirectory) -> set[str]:
+    return {script.revision for script in scripts.walk_revisions()}
+
+
+def _schema_error(shown_url: str, version: str | None, scripts: ScriptDirectory) -> StorageError:
+    """Why this latts cannot use a database stamped `version` (None: unversioned), and the fix."""
+    if version is not None and version not in _revisions(scripts):
+        return StorageError(
+            f"storage '{shown_url}' holds latts schema {version}, which this latts does not know "
+            f"(it knows up to {migrations.HEAD}): a newer latts wrote it; upgrade latts to use it"
+        )
+    return StorageError(
+        f"storage '{shown_url}' holds latts schema {version or UNVERSIONED}, this latts needs {migrations.HEAD}; "
+        f"run `latts upgrade --storage {shown_url}` (back it up first)"
+    )
+
+
+def _open_schema(engine: Engine, shown_url: str) -> None:
+    """Check the database's schema version; a database without latts' tables gets them, stamped at HEAD."""
+    with engine.connect() as conn:
+        if _stored_version(conn) == migrations.HEAD:
+            return  # the usual case, on every command: a look at the version row, no Alembic
+    with engine.begin() as conn:
+        _lock_schema(conn)
+        version = _stored_version(conn)  # again: another process may have created the tables meanwhile
+        if version == migrations.HEAD:
+            return
+        config, scripts = _migrations(conn)
+        if version is not None or _has_latts_tables(conn):
+            raise _schema_error(shown_url, version, scripts)
+        from alembic import command
+
+        command.upgrade(config, "head")
+
+
+def upgrade(url: str) -> tuple[str, str]:
+    """Bring latts' tables at `url` to this latts' schema (`latts upgrade`): the revisions from and to.
+
+    From is UNVERSIONED for tables an earlier latts wrote without a version (the baseline), EMPTY for
+    a database without latts' tables (they are created), HEAD when there was nothing to do.
+    """
+    from alembic import command
+
+    with _opening(url) as shown:
+        engine = _create_engine(url)
+        try:
+            with engine.begin() as conn:
+                _lock_schema(conn)
+                version = _stored_version(conn)
+                if version == migrations.HEAD:
+                    return version, version
+                config, scripts = _migrations(conn)
+                if version is not None:
+                    if version not in _revisions(scripts):
+                        raise _schema_error(shown, version, scripts)
+                    before = version
+                elif _has_latts_tables(conn):
+                    before = UNVERSIONED
+                    command.stamp(config, scripts.get_base())  # an earlier latts wrote the baseline's tables
+                else:
+                    before = EMPTY
+                command.upgrade(config, "head")
+                return before, migrations.HEAD
+        finally:
+            engine.dispose()
 
 
 def _branch_to_json(branch: Branch) -> dict[str, Any]:
@@ -191,30 +321,10 @@ def _insert_ignoring_duplicates(s: Session, table: type[Base], rows: list[dict[s
 
 class Repository:
     def __init__(self, url: str):
-        try:
-            self.url = make_url(url).render_as_string(hide_password=True)
-        except ArgumentError:
-            raise StorageError(f"cannot parse storage URL {url!r}; {URL_HINT}") from None
-        try:
+        with _opening(url) as shown:
+            self.url = shown
             self._engine = _create_engine(url)
-            self._create_tables()
-        except (ArgumentError, ImportError) as err:  # unknown dialect or its driver is not installed
-            raise StorageError(f"cannot open storage '{self.url}': {first_line(err)}; {URL_HINT}") from err
-        except DBAPIError as err:
-            fix = "create its folder" if self._engine.dialect.name == "sqlite" else "start the database"
-            raise StorageError(
-                f"cannot open storage '{self.url}': {first_line(err)}; {fix} or pass --storage URL"
-            ) from err
-
-    def _create_tables(self) -> None:
-        # Check-then-create races when two processes open a fresh database at once, so it
-        # runs under a lock: SQLite's write lock, or a PostgreSQL advisory lock (DDL is transactional there).
-        with self._engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            elif conn.dialect.name == "postgresql":
-                conn.execute(select(func.pg_advisory_xact_lock(CREATE_TABLES_LOCK_ID)))
-            Base.metadata.create_all(conn)
+            _open_schema(self._engine, self.url)
 
     def close(self) -> None:
         """Close pooled connections (tests drop their database afterwards)."""
