@@ -49,7 +49,7 @@ from latts.core.spec import parse_spec
 from latts.optimizer.controller import Controller
 from latts.optimizer.frontier import best_within
 from latts.optimizer.replay import LABEL, ReplayWorkers
-from latts.storage import Repository
+from latts.storage import Repository, redact
 
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "greedy")
 
@@ -146,7 +146,7 @@ def sqlite_copy(url: str, folder: Path) -> str:
     """A copy of a SQLite database (consistent even while another process writes it)."""
     path = make_url(url).database
     if make_url(url).get_backend_name() != "sqlite" or not path or not Path(path).is_file():
-        sys.exit(f"error: --storage must be an existing SQLite file (sqlite:///FILE), got {url}")
+        sys.exit(f"error: --storage must be an existing SQLite file (sqlite:///FILE), got {redact(url)}")
     target = folder / "replay.db"
     with sqlite3.connect(path) as source, sqlite3.connect(target) as copy:
         source.backup(copy)

@@ -36,7 +36,7 @@ from latts.core.spec import load_spec
 from latts.core.statistics import latency_stats
 from latts.optimizer.evaluation import stable_seed
 from latts.problems import extract_boxed, load_problems
-from latts.storage import Repository
+from latts.storage import Repository, redact
 from latts.workers.engine import EngineStartError, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def latts(*args: str, cwd: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "latts", *args], cwd=cwd, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"latts {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+        sys.exit(redact(f"latts {' '.join(args)} failed:\n{proc.stderr[-3000:]}"))
 
 
 class Server:
@@ -106,7 +106,7 @@ def main() -> None:
     url = args.storage or f"sqlite:///{folder / 'latts.db'}"
     repo = Repository(url)
     if repo.study(spec.study) is None or not repo.trials(spec.study):
-        print(f"tuning {spec.study} into {url} first", file=sys.stderr)
+        print(f"tuning {spec.study} into {repo.url} first", file=sys.stderr)
         latts("tune", str(Path(args.spec).resolve()), "--storage", url, cwd=folder)
     info = repo.study(spec.study)
     trials = {t.number: t for t in repo.trials(spec.study)}

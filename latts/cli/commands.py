@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from latts.cli.tables import TuneProgress, answers_table, best_table, trials_table
+from latts.core.errors import redact
 from latts.core.records import STATISTICS, TrialState, TrialSummary
 from latts.core.spec import SpecError
 from latts.storage import Repository
@@ -57,7 +58,7 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             message = "give --study NAME, or all of --hardware, --model and --benchmark"
         except (SpecError, StorageError, ProblemSetError, UsageError) as exc:
             message = str(exc)
-        err.print(f"error: {message}", markup=False, soft_wrap=True)
+        err.print(f"error: {redact(message)}", markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT)
 
     return wrapper
@@ -240,14 +241,12 @@ def confirm(
 @friendly_errors
 def upgrade(storage: StorageOption = None) -> None:
     """Bring the database's latts tables to this latts' schema (back it up first)."""
-    from sqlalchemy.engine import make_url
-
     from latts.storage import upgrade as upgrade_schema
     from latts.storage.repository import EMPTY
 
     url = storage_url(storage)
     before, after = upgrade_schema(url)
-    shown = make_url(url).render_as_string(hide_password=True)
+    shown = redact(url)
     if before == after:
         out.print(f"storage '{shown}' is at latts schema {after} already; nothing to do", markup=False, soft_wrap=True)
     elif before == EMPTY:
@@ -361,7 +360,7 @@ def serve_command(
     try:
         make_url(url)  # a typo fails now; a database that is down only makes requests answer 503
     except ArgumentError:
-        raise UsageError(f"cannot parse storage URL {url!r}; {URL_HINT}") from None
+        raise UsageError(f"cannot parse storage URL {redact(url)!r}; {URL_HINT}") from None
     if not 0 <= port <= 65535:
         raise UsageError(f"--port must be between 0 and 65535, got {port}")
     # Bound here rather than by uvicorn, so a busy port is one line and exit 2, and port 0 can be reported.

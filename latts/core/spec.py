@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from latts.aggregation import PARAMETER_DEFAULTS, RULES, AggregatorName
+from latts.core.errors import redact
 from latts.core.records import METHODS_WITH_MODEL, EngineKey, Generation, LatencyStatistic, SpeculativeMethod, TTSConfig
 from latts.demo import models as demo_models
 
@@ -338,6 +339,11 @@ class StudySpec(_Strict):
     race: RaceSpec = RaceSpec()
     trial_timeout_s: float = Field(default=1800, gt=0)
     storage: str | None = None
+
+    @field_serializer("storage")
+    def _storage_without_password(self, value: str | None) -> str | None:
+        # A dumped spec is stored with its study (and read back by anyone who reads the database).
+        return redact(value) if value else value
 
     @field_validator("model")
     @classmethod

@@ -2,8 +2,8 @@
 
 Every method opens one short session and transaction, so several processes (and
 Optuna, in the same database) can write side by side. Database failures surface
-as StorageError with a one-line message that names the problem and the fix.
-Opening checks the schema version; the schema
+as StorageError with a one-line message that names the problem and the fix, and
+never with the URL's password. Opening checks the schema version; the schema
 itself changes only through the migrations in latts.storage.migrations.
 """
 
@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoResultFo
 from sqlalchemy.orm import Session, aliased
 
 from latts.core import statistics
-from latts.core.errors import first_line
+from latts.core.errors import first_line, redact
 from latts.core.records import (
     Branch,
     BudgetAnswer,
@@ -116,7 +116,12 @@ def _shown_url(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        raise StorageError(f"cannot parse storage URL {url!r}; {URL_HINT}") from None
+        raise StorageError(f"cannot parse storage URL {redact(url)!r}; {URL_HINT}") from None
+
+
+def _said(error: BaseException, url: str) -> str:
+    """An error's first line, with the storage password hidden should the driver quote it."""
+    return redact(first_line(error), url)
 
 
 @contextmanager
@@ -126,10 +131,10 @@ def _opening(url: str) -> Iterator[str]:
     try:
         yield shown
     except (ArgumentError, ImportError) as err:  # unknown dialect or its driver is not installed
-        raise StorageError(f"cannot open storage '{shown}': {first_line(err)}; {URL_HINT}") from err
+        raise StorageError(f"cannot open storage '{shown}': {_said(err, url)}; {URL_HINT}") from err
     except DBAPIError as err:
         fix = "create its folder" if make_url(url).get_backend_name() == "sqlite" else "start the database"
-        raise StorageError(f"cannot open storage '{shown}': {first_line(err)}; {fix} or pass --storage URL") from err
+        raise StorageError(f"cannot open storage '{shown}': {_said(err, url)}; {fix} or pass --storage URL") from err
 
 
 def _stored_version(conn: Connection) -> str | None:
@@ -326,6 +331,9 @@ class Repository:
             self._engine = _create_engine(url)
             _open_schema(self._engine, self.url)
 
+    def _said(self, error: BaseException) -> str:
+        return _said(error, self._engine.url.render_as_string(hide_password=False))
+
     def close(self) -> None:
         """Close pooled connections (tests drop their database afterwards)."""
         self._engine.dispose()
@@ -339,7 +347,7 @@ class Repository:
             raise  # a constraint conflict: the calling method knows what it means
         except DBAPIError as err:
             raise StorageError(
-                f"storage '{self.url}' failed: {first_line(err)}; "
+                f"storage '{self.url}' failed: {self._said(err)}; "
                 "check that the database is up and reachable and its latts_ tables intact"
             ) from err
 
@@ -451,7 +459,7 @@ class Repository:
                 row.finished_at = utcnow()
         except IntegrityError as err:
             raise StorageError(
-                f"cannot finish generation id {generation_id}: {first_line(err)}; each problem index must appear once"
+                f"cannot finish generation id {generation_id}: {self._said(err)}; each problem index must appear once"
             ) from None
 
     def add_timing_round(self, generation_id: int, timed: Iterable[TimedProblem]) -> None:
