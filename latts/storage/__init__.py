@@ -4,6 +4,6 @@
 through it and every question (frontier, best, export, API, plots) reads through it.
 """
 
-from latts.storage.repository import Repository, StorageError, StudyInfo
+from latts.storage.repository import ControllerInfo, Repository, StorageError, StudyFull, StudyInfo, Taken
 
-__all__ = ["Repository", "StorageError", "StudyInfo"]
+__all__ = ["ControllerInfo", "Repository", "StorageError", "StudyFull", "StudyInfo", "Taken"]
