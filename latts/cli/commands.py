@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 EXIT_BAD_INPUT = 2
 EXIT_NO_FIT = 3
 DEFAULT_STORAGE = "sqlite:///latts.db"
+SUBMIT_PATIENCE_S = 60  # how long `latts submit` waits for a cluster's job server to take jobs
 
 StorageOption = Annotated[
     str | None, typer.Option("--storage", help="SQLAlchemy URL; default $LATTS_STORAGE, else sqlite:///latts.db")
@@ -315,7 +317,16 @@ def submit(
     command += ["--n-trials", str(n_trials)] if n_trials else []
     with tempfile.TemporaryDirectory(prefix="latts-submit-") as folder:
         Path(folder, "spec.yaml").write_text(Path(spec_path).read_text())
-        job = client.submit_job(entrypoint=shlex.join(command), runtime_env={"working_dir": folder}, metadata={"latts_study": spec.study})
+        deadline = time.monotonic() + SUBMIT_PATIENCE_S
+        while True:
+            try:
+                job = client.submit_job(entrypoint=shlex.join(command), runtime_env={"working_dir": folder}, metadata={"latts_study": spec.study})
+                break
+            except RuntimeError as exc:  # the job server's HTTP errors
+                # A cluster just started answers "no available agent ... try again later" for a while.
+                if "try again later" not in str(exc) or time.monotonic() > deadline:
+                    raise UsageError(f"--ray-address {ray_address}: the job server refused the job: {first_line(exc)}") from None
+                time.sleep(2)
     shown = url.render_as_string(hide_password=True)
     out.print(f"submitted study {spec.study} as Ray job {job}", markup=False)
     out.print(f"follow it:  ray job logs --follow {job} --address {ray_address}", markup=False)
