@@ -30,9 +30,9 @@ from rich.table import Table
 from latts.core.records import Generation, GenerationPlan
 from latts.core.spec import load_spec
 from latts.core.statistics import latency_stats
-from latts.optimizer.controller import init_ray
 from latts.optimizer.evaluation import stable_seed
 from latts.problems import load_problems
+from latts.workers.cluster import init_ray
 from latts.workers.pool import WorkerPool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -3,6 +3,7 @@ answer the controller at once: fast tests need no engine."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,8 +131,9 @@ class FakeWorkers:
     """Answers every plan at once: each problem's branches all give one answer, right for the first
     `accuracy` share of the problems; every problem takes `latency` seconds."""
 
-    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None, slower_in_race=1.0):
+    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None, slower_in_race=1.0, takes_s=0.0):
         self.problems = problems
+        self.takes_s = takes_s  # wall time of each wait with something running: controllers sharing a study overlap
         self.slower_in_race = slower_in_race  # the machine's drift: every latency timed in the race, times this
         self.count = count
         self.landscape = landscape or (lambda g: (0.5, 0.01 * g.branches))
@@ -156,6 +158,8 @@ class FakeWorkers:
         self.waits += 1
         if self.waits == self.die_at_wait:
             raise ControllerDied
+        if self.running:
+            time.sleep(self.takes_s)
         finished = []
         for generation_id, plan in self.running.items():
             reason = self.fail(plan.generation)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 
 import optuna
 import pytest
@@ -228,3 +229,33 @@ def test_an_optuna_study_with_the_old_parameters_resumes(tmp_path, sampler):
     study.enqueue_trial(params)  # queued by the old release, never asked
     controller, workers, repo = tune(tmp_path, spec={"sampler": sampler})
     assert sorted(t.config.branches for t in repo.trials("loop")) == [1, 2] and len(workers.submitted) == 2
+
+
+def test_two_controllers_share_a_study_and_measure_each_config_once(tmp_path):
+    """Two controllers on one study and database (as two `latts tune` processes): the n_trials they
+    share are measured, no config twice, and both did some of the work."""
+    spec = parse_spec({**BASE, "search_space": {"branches": [1, 2, 4, 8, 16, 32]}, "sampler": "random", "n_trials": 4})
+    url = f"sqlite:///{tmp_path / 'latts.db'}"
+    made, errors = [], []
+
+    def run():
+        try:
+            Controller(spec, Repository(url), url, workers=lambda s, p: made.append(FakeWorkers(p, takes_s=0.3)) or made[-1]).run(None)
+        except Exception as exc:  # noqa: BLE001 - surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    trials = Repository(url).trials("loop")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert len({t.config.key() for t in trials}) == 4
+    submitted = [g.key() for w in made for g in w.submitted]
+    assert len(submitted) == len(set(submitted)) == 4 and all(w.submitted for w in made)
+    asked = optuna_trials(tmp_path)
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in asked]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE and REPEAT_OF not in t.user_attrs for t in asked) == 4
+    assert Repository(url).active_controllers("loop") == []

@@ -1,7 +1,7 @@
 """Schema versions: every open checks the database's latts schema revision; `latts upgrade` migrates.
 
-An earlier release's database is simulated as it was written: `Base.metadata.create_all` and no
-version row. Each test runs on an SQLite file and on a fresh PostgreSQL schema.
+An earlier release's database is simulated as it was written: the baseline revision's tables and
+no version row. Each test runs on an SQLite file and on a fresh PostgreSQL schema.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import textwrap
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -29,6 +30,8 @@ from tests.conftest import pg_schema_url, run_latts
 from tests.handmade import make_study
 
 HEAD = migrations.HEAD
+BASELINE = "92be9c63e316"  # the tables of releases before schema versions
+OLD_CONFIG = {"branches": 4, "aggregator": "majority", "temperature": 0.8}
 NEWER = "ffffffffffff"  # a revision only a newer latts would know
 
 
@@ -58,14 +61,26 @@ def _set_version(url: str, version: str) -> None:
 
 
 def _earlier_release(url: str) -> None:
-    """A database as latts wrote it before schema versions: the tables, a study, no version row."""
+    """A database as latts wrote it before schema versions: the baseline's tables, a study with a
+    trial, no version row."""
     engine = create_engine(url)
-    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option("script_location", str(migrations.LOCATION))
+        config.attributes["connection"] = conn
+        alembic_command.upgrade(config, BASELINE)
+        conn.execute(text(f"DROP TABLE {migrations.VERSION_TABLE}"))
     with Session(engine) as s, s.begin():
         hardware = Hardware(name="cpu-2core", detected={"cpu_count": 2}, created_at=datetime.now(UTC))
         s.add(hardware)
         s.flush()
-        s.add(Study(name="old", hardware_id=hardware.id, model="m", benchmark="arith", spec={"study": "old"}))
+        study = Study(name="old", hardware_id=hardware.id, model="m", benchmark="arith", spec={"study": "old"})
+        s.add(study)
+        s.flush()
+        s.execute(
+            text("INSERT INTO latts_trials (study_id, number, config, state, started_at) VALUES (:s, 0, :c, 'FAILED', :t)"),
+            {"s": study.id, "c": json.dumps(OLD_CONFIG), "t": datetime.now(UTC).replace(tzinfo=None)},
+        )
     engine.dispose()
 
 
@@ -77,7 +92,8 @@ def _schema(url: str) -> dict:
         tables = sorted(t for t in insp.get_table_names() if t.startswith("latts_") and t != migrations.VERSION_TABLE)
         described = {
             t: {
-                "columns": [(c["name"], str(c["type"]), c["nullable"], c.get("default")) for c in insp.get_columns(t)],
+                # By name: a revision adds its columns at the end, the models may declare them anywhere.
+                "columns": sorted((c["name"], str(c["type"]), c["nullable"], c.get("default")) for c in insp.get_columns(t)),
                 "pk": insp.get_pk_constraint(t)["constrained_columns"],
                 "fks": sorted((fk["constrained_columns"], fk["referred_table"], fk["options"]) for fk in insp.get_foreign_keys(t)),
                 "indexes": sorted(
@@ -112,11 +128,11 @@ def test_fresh_database_is_stamped_at_head_and_matches_the_models(new_url):
     engine.dispose()
 
 
-def test_baseline_creates_exactly_what_earlier_releases_did(new_url):
+def test_the_revisions_create_exactly_what_the_models_declare(new_url):
     migrated, earlier = new_url(), new_url()
     Repository(migrated).close()
     engine = create_engine(earlier)
-    Base.metadata.create_all(engine)  # what Repository did before schema versions
+    Base.metadata.create_all(engine)
     engine.dispose()
     assert _schema(migrated) == _schema(earlier)
 
@@ -166,6 +182,10 @@ def test_unversioned_database_is_refused_until_upgraded(new_url, tmp_path):
     assert proc.returncode == 0, proc.stderr
     (study,) = json.loads(proc.stdout)["studies"]
     assert (study["name"], study["hardware"], study["model"]) == ("old", "cpu-2core", "m")
+    engine = create_engine(url)
+    with engine.connect() as conn:  # the upgrade gave the old trial its config's key
+        assert conn.execute(text("SELECT key FROM latts_trials")).scalars().all() == [json.dumps(OLD_CONFIG, sort_keys=True)]
+    engine.dispose()
 
     proc = run_latts("upgrade", "--storage", url, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

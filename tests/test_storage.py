@@ -13,11 +13,11 @@ import numpy as np
 import psycopg
 import pytest
 
-from latts.core.records import Branch, GenerationResult, PoolDraw, TimedProblem, TrialSummary
+from latts.core.records import Branch, GenerationResult, PoolDraw, TimedProblem, TrialState, TrialSummary
 from latts.core.statistics import wilson_interval
 from latts.optimizer.evaluation import evaluate
 from latts.problems import Problem
-from latts.storage import Repository, StorageError
+from latts.storage import Repository, StorageError, Taken
 from tests.conftest import PG_SERVER, pg_schema_url
 from tests.handmade import config
 
@@ -154,11 +154,37 @@ def test_start_trial_errors(repo):
         repo.start_trial("nope", 0, CONFIG)
 
 
+def test_a_config_runs_once_per_study_whoever_starts_it(repo):
+    """The database, not only the controller, refuses a second measurement of a config (two controllers
+    sharing a study); a failed one may run again."""
+    setup_study(repo)
+    first = repo.start_trial("s1", 0, CONFIG)
+    with pytest.raises(Taken, match="already running or measured"):
+        repo.start_trial("s1", 1, CONFIG)
+    repo.fail_trial(first, "engine out of memory")
+    again = repo.start_trial("s1", 1, CONFIG)
+    assert [(t.number, t.state) for t in repo.trials("s1")] == [(0, TrialState.FAILED), (1, TrialState.RUNNING)]
+    assert repo.trial(again).config == CONFIG
+
+
+def test_interrupt_running_spares_live_controllers_and_claims_each_row_once(repo):
+    setup_study(repo)
+    live, dead = (repo.register_controller("s1", name, "host", 1) for name in ("live", "dead"))
+    kept = repo.start_trial("s1", 0, config(1), repo.start_generation("s1", config(1).generation(), live))
+    lost = repo.start_trial("s1", 1, config(2), repo.start_generation("s1", config(2).generation(), dead))
+    old = repo.start_trial("s1", 2, config(4), repo.start_generation("s1", config(4).generation()))  # before leases
+    assert {t.id for t in repo.interrupt_running("s1", "interrupted", keep={live})} == {lost, old}
+    assert repo.interrupt_running("s1", "interrupted", keep={live}) == []  # claimed already: queued once
+    assert [t.id for t in repo.running_trials("s1")] == [kept]
+    assert repo.stop_controllers([dead, live]) == [dead, live] and repo.stop_controllers([dead]) == []
+    assert repo.active_controllers("s1") == []
+
+
 def test_filters_and_order(repo):
     setup_study(repo, "b-study", "cpu-2core", "demo:target", "arith")
     setup_study(repo, "a-study", "h100x1", "Qwen/Qwen2.5-3B", "math500")
     for number in (2, 0, 1):
-        repo.start_trial("b-study", number, CONFIG)
+        repo.start_trial("b-study", number, config(8 + number))
     a0 = store(repo, 0, CONFIG, make_result([0.2], [True]), study="a-study").id
     a1 = repo.start_trial("a-study", 1, config(2))
     repo.fail_trial(a1, "timeout")
@@ -178,9 +204,9 @@ def test_studies_counts_by_state(repo):
     setup_study(repo, "b-study")
     setup_study(repo, "a-study", "h100x1")
     store(repo, 0, CONFIG, make_result([0.1, 0.2], [True, True]), study="a-study")
-    repo.fail_trial(repo.start_trial("a-study", 1, CONFIG), "crash")
-    repo.fail_trial(repo.start_trial("a-study", 2, CONFIG), "crash")
-    repo.start_trial("a-study", 3, CONFIG)
+    repo.fail_trial(repo.start_trial("a-study", 1, config(1)), "crash")
+    repo.fail_trial(repo.start_trial("a-study", 2, config(1)), "crash")
+    repo.start_trial("a-study", 3, config(1))
 
     a, b = repo.studies()
     assert (a.name, a.hardware, a.model, a.benchmark) == ("a-study", "h100x1", "demo:target", "arith")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
+import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -14,7 +18,7 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from latts.cli.tables import TuneProgress, answers_table, best_table, trials_table
-from latts.core.errors import redact
+from latts.core.errors import first_line, redact
 from latts.core.records import STATISTICS, TrialState, TrialSummary
 from latts.core.spec import SpecError
 from latts.storage import Repository
@@ -27,6 +31,7 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 EXIT_BAD_INPUT = 2
 EXIT_NO_FIT = 3
 DEFAULT_STORAGE = "sqlite:///latts.db"
+SUBMIT_PATIENCE_S = 60  # how long `latts submit` waits for a cluster's job server to take jobs
 
 StorageOption = Annotated[
     str | None, typer.Option("--storage", help="SQLAlchemy URL; default $LATTS_STORAGE, else sqlite:///latts.db")
@@ -64,6 +69,34 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached a command that measures."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: Any) -> None:
+    raise Stopped(signum)
+
+
+@contextmanager
+def stoppable(what: str) -> Iterator[None]:
+    """SIGINT and SIGTERM end the command cleanly: the controller hands its running configs back for
+    re-run and its Ray processes end with it; exit 128 + the signal's number, as a shell reports it."""
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        err.print(f"stopped by {signal.Signals(signum).name}: {what}", markup=False, soft_wrap=True)
+        raise typer.Exit(128 + signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def storage_url(flag: str | None, spec_storage: str | None = None) -> str:
     """--storage, else the spec's `storage:` (tune only), else $LATTS_STORAGE, else ./latts.db."""
     return flag or spec_storage or os.environ.get("LATTS_STORAGE") or DEFAULT_STORAGE
@@ -95,7 +128,9 @@ def tune(
     from latts.core.spec import load_spec
     from latts.optimizer.controller import INTERRUPTED, Controller
     from latts.optimizer.frontier import pareto_front
+    from latts.workers.cluster import reap_orphans
 
+    reap_orphans()
     spec = load_spec(spec_path)
     if n_trials is not None and n_trials < 1:
         raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
@@ -104,7 +139,8 @@ def tune(
     controller = Controller(spec, repo, url, n_trials)
     if controller.state.capped:
         err.print(controller.state.capped, markup=False)
-    with TuneProgress(err, spec.study) as progress:
+    resume = f"its running configs will run again; `latts tune {spec_path}` resumes it"
+    with stoppable(resume), TuneProgress(err, spec.study) as progress:
         state = controller.run(ray_address, on_update=progress.update)
     if not err.is_terminal:  # rich ends its last frame without a newline when it cannot redraw
         err.line()
@@ -144,6 +180,9 @@ def status(
     from rich.table import Table
 
     from latts.reporting.documents import UnknownStudy, studies_document
+    from latts.workers.cluster import reap_orphans
+
+    reap_orphans()  # a controller killed on this machine may have left Ray processes running
 
     studies = Repository(storage_url(storage)).studies()
     if study is not None:
@@ -225,14 +264,16 @@ def confirm(
     from latts.core.spec import parse_spec
     from latts.optimizer.controller import Controller
     from latts.reporting.documents import study_trials
+    from latts.workers.cluster import reap_orphans
 
+    reap_orphans()
     url = storage_url(storage)
     repo = Repository(url)
     study_trials(repo, study)  # an unknown study fails here, in one line
     spec = parse_spec(repo.study_spec(study), source=f"study {study}'s stored spec")
     if not spec.race.finalists:
         raise UsageError(f"study {study} races no finalists (race.finalists: 0); set race.finalists in its spec")
-    with err.status(f"timing the finalists of {study} again ({spec.race.rounds} rounds)"):
+    with stoppable("the answers stored before stay"), err.status(f"timing the finalists of {study} again ({spec.race.rounds} rounds)"):
         Controller(spec, repo, url).confirm(ray_address)
     _print_answers(repo, study, spec.latency_statistic, {})
 
@@ -253,6 +294,63 @@ def upgrade(storage: StorageOption = None) -> None:
         out.print(f"storage '{shown}': created latts' tables at schema {after}", markup=False, soft_wrap=True)
     else:
         out.print(f"storage '{shown}': latts schema {before} -> {after}", markup=False, soft_wrap=True)
+
+
+@app.command()
+@friendly_errors
+def submit(
+    spec_path: Annotated[str, typer.Argument(metavar="SPEC.yaml", help="study spec (YAML)")],
+    ray_address: Annotated[str, typer.Option("--ray-address", help="the cluster's job server, http://HEAD:8265")],
+    storage: StorageOption = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="total trials for the study (overrides the spec)")] = None,
+) -> None:
+    """Send `latts tune SPEC` to a Ray cluster as a job (Ray's job submission API); print its id and how to follow it.
+
+    latts must be installed on the cluster's nodes; the job runs on the head node and stores into --storage, a database the head reaches.
+    A password in the URL stays here: the job gets the URL without it (set PGPASSWORD or ~/.pgpass on the head node)."""
+    import tempfile
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    from latts.core.spec import load_spec
+
+    spec = load_spec(spec_path)  # a bad spec fails here, before anything is sent
+    if n_trials is not None and n_trials < 1:
+        raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
+    url = make_url(storage_url(storage, spec.storage))
+    if url.get_backend_name() == "sqlite":
+        raise UsageError(
+            f"--storage {url.render_as_string(hide_password=True)} is a file on this machine; the job runs on the "
+            "cluster's head node: give a database it reaches, e.g. postgresql+psycopg://USER@HOST:5432/DB"
+        )
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        client = JobSubmissionClient(ray_address)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"--ray-address {ray_address}: no Ray job server answers there ({first_line(exc)}); give http://HEAD:8265") from None
+    job_storage = url.set(password=None).render_as_string(hide_password=False)
+    command = ["latts", "tune", "spec.yaml", "--ray-address", "auto", "--storage", job_storage]
+    command += ["--n-trials", str(n_trials)] if n_trials else []
+    with tempfile.TemporaryDirectory(prefix="latts-submit-") as folder:
+        Path(folder, "spec.yaml").write_text(Path(spec_path).read_text())
+        deadline = time.monotonic() + SUBMIT_PATIENCE_S
+        while True:
+            try:
+                job = client.submit_job(entrypoint=shlex.join(command), runtime_env={"working_dir": folder}, metadata={"latts_study": spec.study})
+                break
+            except RuntimeError as exc:  # the job server's HTTP errors
+                # A cluster just started answers "no available agent ... try again later" for a while.
+                if "try again later" not in str(exc) or time.monotonic() > deadline:
+                    raise UsageError(f"--ray-address {ray_address}: the job server refused the job: {first_line(exc)}") from None
+                time.sleep(2)
+    shown = url.render_as_string(hide_password=True)
+    out.print(f"submitted study {spec.study} as Ray job {job}", markup=False)
+    out.print(f"follow it:  ray job logs --follow {job} --address {ray_address}", markup=False)
+    out.print(f"its trials: latts status --study {spec.study} --storage '{shown}'", markup=False)
+    if url.password:
+        err.print("the password stayed here: set PGPASSWORD or ~/.pgpass on the head node", markup=False)
 
 
 @app.command("demo-models")

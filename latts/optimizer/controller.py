@@ -14,18 +14,25 @@ the probe problems and its configs' accuracy comes from the pool, which it tops 
 fewer samples than branches. Every result goes to storage before Optuna hears of it, so a
 controller killed at any point loses at most the generations still running; the next `latts tune`
 marks those failed and re-runs their configs.
+
+Several controllers may share a study (one Optuna study and database): each leases the generations
+it runs (latts.optimizer.leases), sees what the others measured and run, and the database's unique
+indexes refuse a second measurement of a config that two of them start at once. A resume re-runs
+only what dead controllers left; one stopped by SIGINT or SIGTERM hands its running configs back
+itself.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState as OptunaState
 
@@ -45,21 +52,25 @@ from latts.core.records import (
 )
 from latts.core.spec import SpecError, StudySpec
 from latts.demo.models import local_name
-from latts.optimizer import greedy
+from latts.optimizer import greedy, leases
 from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, stable_seed
 from latts.optimizer.frontier import best_within
 from latts.optimizer.losslessness import check_against_pool
 from latts.optimizer.racing import budget_answer, finalists
 from latts.optimizer.workers import Workers, WorkersFactory
 from latts.problems import Problem, load_problems
-from latts.storage import Repository
+from latts.storage import Repository, StudyFull, Taken
 from latts.workers import hardware
+from latts.workers.cluster import init_ray
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 INTERRUPTED = "interrupted: the controller stopped before this trial finished; its config was re-run"
 # User attribute of an Optuna trial answered from storage: the number of the trial that measured its config.
 REPEAT_OF = "latts_repeat_of"
+# User attribute of every Optuna trial a controller asks: the controller's name (leases.controller_name).
+ASKED_BY = "latts_controller"
+SYNC_S = 5.0  # how often a controller sharing its study reads what the others measured and run
 
 
 @dataclass
@@ -83,6 +94,21 @@ class TuneState:
         if self.asked <= self.target:
             return None
         return f"n_trials {self.asked} is more than the {self.target} distinct configs of the search space; measuring each once"
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage. Controllers opening a fresh database at once race to create Optuna's tables
+    (it does not lock); the loser finds them made, and opens it again."""
+    attempt = 0
+    while True:
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.DBAPIError as exc:
+            attempt += 1
+            raced = isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in str(exc)
+            if not raced or attempt == 10:
+                raise
+            time.sleep(0.1 * attempt)
 
 
 def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
@@ -144,6 +170,10 @@ class Controller:
         self._problems: list[Problem] = []
         self._shas: list[str] = []
         self.budgets: list[float] = []  # in seconds; relative ones join once the reference config is measured
+        self._controller: tuple[int, str] | None = None  # this controller's id and name, while it runs
+        self._elsewhere: dict[str, int] = {}  # configs other controllers of the study run now -> their trial numbers
+        self._synced = 0.0  # when the others' work was last read (time.monotonic)
+        self._sharing = False  # other controllers of the study were alive at the last read
 
     def run(self, ray_address: str | None, on_update: Callable[[TuneState], None] = lambda _: None) -> TuneState:
         spec = self.spec
@@ -154,29 +184,38 @@ class Controller:
         try:
             self.repo.ensure_hardware(spec.hardware, self._check_hardware(pool))
             self.repo.ensure_study(spec.study, spec.hardware, spec.model, spec.benchmark.name, spec.model_dump(mode="json"))
-            study = optuna.create_study(
-                study_name=spec.study,
-                storage=optuna.storages.RDBStorage(self.storage_url),
-                directions=["maximize", "minimize"],
-                sampler=make_sampler(spec, self._sampler_seed),
-                load_if_exists=True,
-            )
-            fresh = not study.trials
-            # First the reference config of relative budgets, then the baselines: they fill the pool
-            # that speculative generations are tested against.
-            firsts = [spec.reference_params()] if spec.relative_budgets else []
-            for params in firsts + spec.search_space.baselines():
-                study.enqueue_trial(params, skip_if_exists=True)
-            if spec.sampler == "grid" and fresh:
-                self._enqueue_grid(study)
-            self._recover_interrupted(study)
-            self._loop(study, pool, on_update)
-            # A rerun that measured nothing new keeps the answers it has (`latts confirm` races again).
-            measured_now = self.state.done > self.state.initial_done
-            if spec.race.finalists and (measured_now or not self.repo.budget_answers(spec.study)):
-                self.state.racing = True
-                on_update(self.state)
-                self._race(pool)
+            with leases.held(self.repo, spec.study) as self._controller:
+                study = optuna.create_study(
+                    study_name=spec.study,
+                    storage=optuna_storage(self.storage_url),
+                    directions=["maximize", "minimize"],
+                    sampler=make_sampler(spec, self._sampler_seed),
+                    load_if_exists=True,
+                )
+                fresh = not study.trials
+                # First the reference config of relative budgets, then the baselines: they fill the pool
+                # that speculative generations are tested against.
+                firsts = [spec.reference_params()] if spec.relative_budgets else []
+                for params in firsts + spec.search_space.baselines():
+                    study.enqueue_trial(params, skip_if_exists=True)
+                if spec.sampler == "grid" and fresh:
+                    self._enqueue_grid(study)
+                self._recover_interrupted(study)
+                try:
+                    self._loop(study, pool, on_update)
+                except KeyboardInterrupt:  # SIGINT or SIGTERM (see cli): hand the running configs back now
+                    self._recover_interrupted(study, mine_too=True)
+                    raise
+                # The last controller of a shared study to end its search races the finalists: each marks
+                # itself ended before looking, so at least one sees the others ended.
+                self.repo.stop_controllers([self._controller[0]])
+                last = not self.repo.active_controllers(spec.study)
+                # A rerun that measured nothing new keeps the answers it has (`latts confirm` races again).
+                measured_now = self.state.done > self.state.initial_done
+                if last and spec.race.finalists and (measured_now or not self.repo.budget_answers(spec.study)):
+                    self.state.racing = True
+                    on_update(self.state)
+                    self._race(pool)
         finally:
             pool.shutdown()
         return self.state
@@ -271,19 +310,30 @@ class Controller:
         for params in sorted(self._configs.values(), key=lambda params: order[params["speculative"]]):
             study.enqueue_trial(params, skip_if_exists=True)
 
-    def _recover_interrupted(self, study: optuna.Study) -> None:
-        """What a killed controller left running: failed in both stores, their configs queued again.
+    def _recover_interrupted(self, study: optuna.Study, mine_too: bool = False) -> None:
+        """What controllers no longer alive left running (this one's too when `mine_too`): failed in
+        both stores, their configs queued again.
 
         Queued from latts' own rows, so that a study begun by an older release (other Optuna
         parameters) resumes too, and an Optuna trial that only waited for a config in flight is not.
+        Each row is claimed by a conditional update: of two controllers recovering at once, one
+        queues its config again.
         """
-        interrupted = self.repo.running_trials(self.spec.study)
-        for trial in interrupted:
-            self.repo.fail_trial(trial.id, INTERRUPTED)
-        for generation in self.repo.generations(self.spec.study, states=[TrialState.RUNNING]):
-            self.repo.fail_generation(generation.id, INTERRUPTED)
+        study_name, (me, my_name) = self.spec.study, self._controller
+        others = [c for c in self.repo.active_controllers(study_name) if c.id != me]
+        found = leases.dead(others, datetime.now(UTC), socket.gethostname())
+        self.repo.stop_controllers([c.id for c in found])
+        alive = [c for c in others if c not in found]
+        ids, names = {c.id for c in alive}, {c.name for c in alive}
+        if not mine_too:
+            ids.add(me)
+            names.add(my_name)
+        interrupted = self.repo.interrupt_running(study_name, INTERRUPTED, keep=ids)
         for trial in study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
-            study.tell(trial.number, state=OptunaState.FAIL)
+            asked_by = trial.user_attrs.get(ASKED_BY)
+            # No name yet: just asked by a live controller, unless none is (or asked by an older release).
+            if asked_by not in names and (asked_by is not None or not alive):
+                study.tell(trial.number, state=OptunaState.FAIL)
         for config in dict.fromkeys(t.config for t in interrupted):
             study.enqueue_trial(self.spec.search_space.params_for(config), skip_if_exists=False)
 
@@ -305,11 +355,15 @@ class Controller:
         in_flight: dict[int, _InFlight] = {}  # generation id -> what waits for it
         on_update(state)
         while True:
-            while pool.idle and state.done + state.in_flight < state.target:
+            self._sync(measured, set(in_flight))
+            while pool.idle and state.done + state.in_flight + len(self._elsewhere) < state.target:
+                if self._sharing:  # what the others did since, before choosing what to start
+                    self._sync(measured, set(in_flight))
                 flying = {c.key(): (gid, t.number) for gid, f in in_flight.items() for t, c, _ in f.asked}
                 if not self._propose(study, measured, flying):
                     break
                 trial = study.ask(self._distributions)
+                trial.set_user_attr(ASKED_BY, self._controller[1])
                 config = spec.config_from_params(trial.params)
                 key = config.key()
                 if key in measured:  # measured already: answered from storage, once
@@ -323,24 +377,17 @@ class Controller:
                     in_flight[gid].repeats.append((trial, key))
                     self._repeated()
                     continue
-                running = {f.generation.key(): gid for gid, f in in_flight.items()}
-                generation = config.generation()
-                if generation.key() in running:  # another aggregator of a generation running now: wait for it
-                    gid = running[generation.key()]
-                    in_flight[gid].asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
-                    state.in_flight += 1
-                elif (done := self._completed_generation(generation)) is not None:
-                    # Another aggregator of a measured generation: scored from storage, no engine.
-                    trial_id = self.repo.start_trial(spec.study, trial.number, config, done.id)
-                    state.done += len(self._score(study, [(trial, config, trial_id)], done.id, measured))
-                    self._update_best()
-                else:
-                    gid = self.repo.start_generation(spec.study, generation)
-                    flight = _InFlight(generation, self._plan(generation))
-                    flight.asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid)))
-                    in_flight[gid] = flight
-                    pool.submit(gid, flight.plan)
-                    state.in_flight += 1
+                try:
+                    if key in self._elsewhere:
+                        raise Taken(key)
+                    self._start(study, trial, config, in_flight, measured, pool)
+                except (Taken, StudyFull) as taken:  # another controller of the study runs it, or the rest
+                    self._synced, self._sharing = 0.0, True
+                    study.tell(trial, state=OptunaState.PRUNED)
+                    self._repeated()
+                    if isinstance(taken, StudyFull):
+                        self._sync(measured, set(in_flight))
+                        break
             on_update(state)
             if not in_flight:
                 break
@@ -366,11 +413,61 @@ class Controller:
                 self._update_best()
         state.greedy_stopped = spec.sampler == "greedy" and state.done < state.target
 
+    def _start(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        config: TTSConfig,
+        in_flight: dict[int, _InFlight],
+        measured: dict[str, TrialSummary],
+        pool: Workers,
+    ) -> None:
+        """Measure a config nobody measured: with its generation running here, from a stored one, or on a worker."""
+        spec, state = self.spec, self.state
+        running = {f.generation.key(): gid for gid, f in in_flight.items()}
+        generation = config.generation()
+        # Capped in the database only while other controllers share the study: alone, the loop's own count holds.
+        cap = state.target if self._sharing else None
+        if generation.key() in running:  # another aggregator of a generation running now: wait for it
+            gid = running[generation.key()]
+            in_flight[gid].asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid, cap)))
+            state.in_flight += 1
+        elif (done := self._completed_generation(generation)) is not None:
+            # Another aggregator of a measured generation: scored from storage, no engine.
+            trial_id = self.repo.start_trial(spec.study, trial.number, config, done.id, cap)
+            state.done += len(self._score(study, [(trial, config, trial_id)], done.id, measured))
+            self._update_best()
+        else:
+            gid, trial_id = self.repo.claim(spec.study, trial.number, config, self._controller[0], cap)
+            flight = _InFlight(generation, self._plan(generation))
+            flight.asked.append((trial, config, trial_id))
+            in_flight[gid] = flight
+            pool.submit(gid, flight.plan)
+            state.in_flight += 1
+
+    def _sync(self, measured: dict[str, TrialSummary], mine: set[int]) -> None:
+        """What other controllers of the study measured joins `measured`, what they run now is
+        `_elsewhere` (neither proposed nor counted twice). Read every SYNC_S, and before every
+        proposal while others are alive."""
+        if not self._sharing and time.monotonic() - self._synced < SYNC_S:
+            return
+        self._synced = time.monotonic()
+        self._elsewhere = {}
+        self._sharing = len(self.repo.active_controllers(self.spec.study)) > 1
+        for t in self.repo.trials(self.spec.study):
+            key = t.config.key()
+            if t.state == TrialState.RUNNING and t.generation_id not in mine:
+                self._elsewhere[key] = t.number
+            elif t.state != TrialState.RUNNING and t.fail_reason != INTERRUPTED and key not in measured:
+                measured[key] = t
+                self.state.done += 1
+                self.state.failed += t.state == TrialState.FAILED
+
     def _propose(self, study: optuna.Study, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> bool:
         """Whether to ask Optuna for a config now; queues the controller's own choice where the sampler
         does not choose: queued trials first (baselines, the reference, interrupted configs), then
         greedy's next config, or a random pick owed after a repeat."""
-        unmeasured = [key for key in self._configs if key not in measured and key not in flying]
+        unmeasured = [key for key in self._configs if key not in measured and key not in flying and key not in self._elsewhere]
         if not unmeasured:
             return False
         if study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
@@ -403,7 +500,8 @@ class Controller:
             if all(k in measured for k in keys)
         }
         walk = greedy.walk(self._lattice, self.budgets, outcomes)
-        return next((k for point in walk.wanted for k in self._at_point[point] if k not in measured and k not in flying), None)
+        busy = flying.keys() | self._elsewhere.keys()
+        return next((k for point in walk.wanted for k in self._at_point[point] if k not in measured and k not in busy), None)
 
     def _completed_generation(self, generation: Generation) -> GenerationSummary | None:
         key = generation.key()
@@ -541,7 +639,7 @@ class Controller:
         summaries = []
         for aggregator in self._aggregators(flight.generation):
             config = flight.generation.with_aggregator(aggregator)
-            if config.key() in measured:
+            if config.key() in measured or config.key() in self._elsewhere:
                 continue
             numbers = self._numbers(config, generation_id)
             frozen = optuna.trial.create_trial(
@@ -553,7 +651,10 @@ class Controller:
             )
             study.add_trial(frozen)
             number = next(t.number for t in reversed(study.get_trials(deepcopy=False)) if t.user_attrs.get("latts_config") == config.key())
-            trial_id = self.repo.start_trial(self.spec.study, number, config, generation_id)
+            try:
+                trial_id = self.repo.start_trial(self.spec.study, number, config, generation_id)
+            except Taken:  # another controller of the study measures it now
+                continue
             summary = self.repo.complete_trial(trial_id, numbers)
             measured[config.key()] = summary
             summaries.append(summary)
@@ -612,22 +713,3 @@ class Controller:
 def _usable(trial: TrialSummary) -> bool:
     """A measured config that can answer a budget: complete, and not found lossy."""
     return trial.state == TrialState.COMPLETE and not trial.lossy
-
-
-def init_ray(address: str | None, spec: StudySpec) -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        return
-    ray.init(
-        num_cpus=max(len(os.sched_getaffinity(0)), spec.workers.count),
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-        # Ray's socket paths must stay short; a private folder per run keeps parallel runs apart.
-        _temp_dir=tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("LATTS_RAY_TMP", "/tmp")),
-    )

@@ -9,6 +9,6 @@ quote it, only through `redact` (`redact(url)`, `redact(str(error), url)`).
 """
 
 from latts.core.errors import redact
-from latts.storage.repository import Repository, StorageError, StudyInfo, upgrade
+from latts.storage.repository import ControllerInfo, Repository, StorageError, StudyFull, StudyInfo, Taken, upgrade
 
-__all__ = ["Repository", "StorageError", "StudyInfo", "redact", "upgrade"]
+__all__ = ["ControllerInfo", "Repository", "StorageError", "StudyFull", "StudyInfo", "Taken", "redact", "upgrade"]

@@ -79,6 +79,23 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Controller(Base):
+    """A `latts tune` (or `confirm`) process driving a study: several may share one, each holding a lease
+    on the generations it runs. Its heartbeat renews the lease; one whose heartbeat stopped (or, on the
+    same host, whose process is gone) is dead, and its running generations are re-run by the next."""
+
+    __tablename__ = "latts_controllers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(NAME_LENGTH), unique=True)  # host:pid:random
+    study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"), index=True)
+    host: Mapped[str] = mapped_column(String(NAME_LENGTH))
+    pid: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stopped_at: Mapped[datetime | None]  # ended, cleanly or found dead
+
+
 def _one_of(column: str, values: tuple[str, ...], nullable: bool = False) -> str:
     allowed = "{} IN ({})".format(column, ", ".join(f"'{v}'" for v in values))
     return f"{column} IS NULL OR {allowed}" if nullable else allowed
@@ -110,6 +127,8 @@ class Generation(Base):
     generation: Mapped[dict[str, Any]]
     state: Mapped[TrialState] = mapped_column(String(16))
     fail_reason: Mapped[str | None] = mapped_column(Text)
+    # Who runs it; NULL for generations stored before controllers held leases.
+    controller_id: Mapped[int | None] = mapped_column(ForeignKey("latts_controllers.id", name="fk_latts_generations_controller_id"))
     worker: Mapped[str | None] = mapped_column(Text)
     engine_start_s: Mapped[float | None]
     engine_starts: Mapped[int | None]
@@ -136,11 +155,21 @@ class Trial(Base):
         CheckConstraint(_one_of("state", tuple(TrialState)), name="ck_latts_trials_state"),
         CheckConstraint(_one_of("accuracy_source", get_args(AccuracySource), nullable=True), name="ck_latts_trials_source"),
         CheckConstraint("accuracy IS NULL OR (accuracy >= 0 AND accuracy <= 1)", name="ck_latts_trials_accuracy"),
+        # A config is measured once per study, however many controllers share it; a failed one may be again.
+        Index(
+            "uq_latts_trials_study_key",
+            "study_id",
+            "key",
+            unique=True,
+            sqlite_where=text("state != 'FAILED'"),
+            postgresql_where=text("state != 'FAILED'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("latts_studies.id"))
     number: Mapped[int]  # the Optuna trial number
+    key: Mapped[str] = mapped_column(String(KEY_LENGTH))  # records.TTSConfig.key()
     config: Mapped[dict[str, Any]]
     state: Mapped[TrialState] = mapped_column(String(16))
     fail_reason: Mapped[str | None] = mapped_column(Text)

@@ -46,6 +46,7 @@ from latts.core.records import (
 from latts.storage import migrations
 from latts.storage.models import Base, Hardware, PoolSample, PoolScore, Study, TimedProblemRow, Trial, utcnow
 from latts.storage.models import BudgetAnswer as BudgetAnswerRow
+from latts.storage.models import Controller as ControllerRow
 from latts.storage.models import Generation as GenerationRow
 
 if TYPE_CHECKING:
@@ -65,6 +66,23 @@ _VERSION = table(migrations.VERSION_TABLE, column("version_num"))  # Alembic wri
 
 class StorageError(Exception):
     """A storage problem; the message is one line naming the problem and the fix."""
+
+
+class Taken(StorageError):
+    """The generation or config is already running or measured in this study (another controller's, maybe)."""
+
+
+class StudyFull(StorageError):
+    """The study holds as many running and measured configs as it asked for (its controllers share the count)."""
+
+
+@dataclass(frozen=True)
+class ControllerInfo:
+    id: int
+    name: str
+    host: str
+    pid: int
+    heartbeat_at: datetime
 
 
 @dataclass(frozen=True)
@@ -404,10 +422,42 @@ class Repository:
             raise StorageError(f"study '{study}' does not exist in '{self.url}'; call ensure_study first")
         return study_id
 
+    # ------------------------------------------------------------------ controllers
+
+    def register_controller(self, study: str, name: str, host: str, pid: int) -> int:
+        with self._transaction() as s:
+            row = ControllerRow(study_id=self._study_id(s, study), name=name, host=host, pid=pid)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def heartbeat(self, controller_id: int) -> None:
+        """Renew the controller's lease on the generations it runs."""
+        with self._transaction() as s:
+            s.execute(update(ControllerRow).where(ControllerRow.id == controller_id).values(heartbeat_at=utcnow()))
+
+    def stop_controllers(self, controller_ids: Iterable[int]) -> list[int]:
+        """Controllers that ended (cleanly, or found dead): their leases are void. Returns those this call
+        stopped, so that of two controllers finding a third dead, one re-runs its work."""
+        stopped = []
+        with self._transaction() as s:
+            for controller_id in controller_ids:
+                query = update(ControllerRow).where(ControllerRow.id == controller_id, ControllerRow.stopped_at.is_(None))
+                if s.execute(query.values(stopped_at=utcnow())).rowcount:
+                    stopped.append(controller_id)
+        return stopped
+
+    def active_controllers(self, study: str) -> list[ControllerInfo]:
+        """The study's controllers not known to have ended (some may be dead: the caller judges)."""
+        query = select(ControllerRow).join(Study).where(Study.name == study, ControllerRow.stopped_at.is_(None))
+        with self._transaction() as s:
+            return [ControllerInfo(c.id, c.name, c.host, c.pid, c.heartbeat_at) for c in s.scalars(query.order_by(ControllerRow.id))]
+
     # ------------------------------------------------------------------ generations
 
-    def start_generation(self, study: str, generation: Generation) -> int:
-        """A generation about to run; refused while the same one runs or has completed in this study."""
+    def start_generation(self, study: str, generation: Generation, controller_id: int | None = None) -> int:
+        """A generation about to run, leased to `controller_id`; Taken while the same one runs or has
+        completed in this study (the database's unique index decides between racing controllers)."""
         try:
             with self._transaction() as s:
                 row = GenerationRow(
@@ -415,12 +465,13 @@ class Repository:
                     key=generation.key(),
                     generation=generation.to_dict(),
                     state=TrialState.RUNNING,
+                    controller_id=controller_id,
                 )
                 s.add(row)
                 s.flush()
                 return row.id
         except IntegrityError:
-            raise StorageError(f"generation {generation.key()} of study '{study}' is already running or measured") from None
+            raise Taken(f"generation {generation.key()} of study '{study}' is already running or measured") from None
 
     def _running_generation(self, s: Session, generation_id: int) -> GenerationRow:
         row = s.scalar(select(GenerationRow).where(GenerationRow.id == generation_id).with_for_update())
@@ -529,24 +580,57 @@ class Repository:
 
     # ------------------------------------------------------------------ trials
 
-    def start_trial(self, study: str, number: int, config: TTSConfig, generation_id: int | None = None) -> int:
+    def start_trial(self, study: str, number: int, config: TTSConfig, generation_id: int | None = None, cap: int | None = None) -> int:
+        """A config about to be measured; Taken when the study runs or measured it already, StudyFull
+        when it holds `cap` running and measured configs (the check and the insert are one step for
+        every controller of the study)."""
         try:
             with self._transaction() as s:
-                trial = Trial(
-                    study_id=self._study_id(s, study),
-                    number=number,
-                    config=config.to_dict(),
-                    state=TrialState.RUNNING,
-                    generation_id=generation_id,
-                )
-                s.add(trial)
-                s.flush()
-                return trial.id
+                return self._start_trial(s, study, number, config, generation_id, cap)
         except IntegrityError:
+            raise Taken(f"config {config.label()} of study '{study}' is already running or measured") from None
+
+    def claim(self, study: str, number: int, config: TTSConfig, controller_id: int | None, cap: int | None = None) -> tuple[int, int]:
+        """A config and its generation about to be measured, leased to `controller_id`, both or neither:
+        (generation id, trial id). Taken or StudyFull as start_trial."""
+        generation = config.generation()
+        try:
+            with self._transaction() as s:
+                row = GenerationRow(
+                    study_id=self._study_id(s, study),
+                    key=generation.key(),
+                    generation=generation.to_dict(),
+                    state=TrialState.RUNNING,
+                    controller_id=controller_id,
+                )
+                trial_id = self._start_trial(s, study, number, config, None, cap)
+                s.add(row)
+                s.flush()
+                s.execute(update(Trial).where(Trial.id == trial_id).values(generation_id=row.id))
+                return row.id, trial_id
+        except IntegrityError:
+            raise Taken(f"config {config.label()} of study '{study}' is already running or measured") from None
+
+    def _start_trial(self, s: Session, study: str, number: int, config: TTSConfig, generation_id: int | None, cap: int | None) -> int:
+        study_id = self._study_id(s, study)
+        if cap is not None:
+            # A write first: it locks the study's row (SQLite: the database) until this transaction
+            # ends, so two controllers cannot both count cap - 1 and both insert.
+            s.execute(update(Study).where(Study.id == study_id).values(name=Study.name))
+            live = s.scalar(select(func.count(Trial.id)).where(Trial.study_id == study_id, Trial.state != TrialState.FAILED))
+            if live >= cap:
+                raise StudyFull(f"study '{study}' already runs or measured {live} of its {cap} configs")
+        if s.scalar(select(Trial.id).where(Trial.study_id == study_id, Trial.number == number)) is not None:
             raise StorageError(
                 f"trial {number} of study '{study}' is already stored; its Optuna study was probably "
                 "deleted and recreated, so pick another `study:` name"
-            ) from None
+            )
+        trial = Trial(
+            study_id=study_id, number=number, key=config.key(), config=config.to_dict(), state=TrialState.RUNNING, generation_id=generation_id
+        )
+        s.add(trial)
+        s.flush()
+        return trial.id
 
     def _running_trial(self, s: Session, trial_id: int) -> Trial:
         # FOR UPDATE: two processes cannot both finish one trial (SQLite serialises writers anyway).
@@ -654,6 +738,36 @@ class Repository:
 
     def running_trials(self, study: str) -> list[TrialSummary]:
         return self.trials(study, states=[TrialState.RUNNING])
+
+    def interrupt_running(self, study: str, reason: str, keep: set[int]) -> list[TrialSummary]:
+        """Fail, with `reason`, the running generations and trials of the study not leased by a
+        controller in `keep` (those stored before leases included). Returns the trials this call
+        failed: a row another process failed first is not returned, so its config is queued once."""
+        with self._transaction() as s:
+            study_id = self._study_id(s, study)
+            leased = GenerationRow.controller_id.in_(keep) if keep else literal(False)
+            orphaned = select(GenerationRow.id).where(
+                GenerationRow.study_id == study_id, GenerationRow.state == TrialState.RUNNING, ~func.coalesce(leased, False)
+            )
+            generation_ids = list(s.scalars(orphaned))
+            trial_ids = list(
+                s.scalars(
+                    select(Trial.id).where(
+                        Trial.study_id == study_id,
+                        Trial.state == TrialState.RUNNING,
+                        (Trial.generation_id.in_(generation_ids)) | Trial.generation_id.is_(None),
+                    )
+                )
+            )
+            failed = {"state": TrialState.FAILED, "fail_reason": reason, "finished_at": utcnow()}
+            claimed = [
+                trial_id
+                for trial_id in trial_ids
+                if s.execute(update(Trial).where(Trial.id == trial_id, Trial.state == TrialState.RUNNING).values(**failed)).rowcount
+            ]
+            for generation_id in generation_ids:
+                s.execute(update(GenerationRow).where(GenerationRow.id == generation_id, GenerationRow.state == TrialState.RUNNING).values(**failed))
+            return [self._trial(s, trial_id) for trial_id in claimed]
 
     def trials(
         self,

@@ -30,7 +30,11 @@ class EngineWorker:
     def __init__(self, name: str, spec: StudySpec, problems: list[Problem]) -> None:
         if CONTROL_CORE in os.environ:  # see worker_env
             os.sched_setaffinity(0, {int(os.environ[CONTROL_CORE])})
-        self.name = f"{name}@{socket.gethostname()}"
+        import ray
+
+        # Host and Ray node: several nodes can share a host (and do, in tests), and a trial row should
+        # say which node measured it.
+        self.name = f"{name}@{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
         self.spec = spec
         self.problems = problems
         self.cache = EngineCache(spec.workers.engines_per_worker, spec.engine, spec.seed)
@@ -205,6 +209,9 @@ class WorkerPool:
             num_cpus=1,
             num_gpus=self.spec.workers.gpus_per_worker,
             runtime_env={"env_vars": worker_env(self.spec, index)},
+            # One worker per node where the cluster has room: a lost node then costs the fewest trials,
+            # and a replacement goes wherever there is room left.
+            scheduling_strategy="SPREAD",
         ).remote(f"worker-{index}", self.spec, self._problems)
         return _Slot(index, actor)
 
@@ -218,13 +225,24 @@ class WorkerPool:
 
     def submit(self, generation_id: int, plan: GenerationPlan) -> None:
         idle = [slot for slot in self._slots if slot.running is None]
-        key = plan.engine
-        # Prefer a worker that already holds this engine: an engine start costs seconds to minutes.
-        slot = next((s for s in idle if key in s.keys), None) or min(idle, key=lambda s: len(s.keys))
+        keys = self._engines(plan)
+        # Prefer the worker that already holds the plan's engine, then the most of the others it uses:
+        # an engine start costs seconds to minutes.
+        slot = max(idle, key=lambda s: (plan.engine in s.keys, sum(k in s.keys for k in keys), -len(s.keys)))
         ref = slot.actor.run_generation.remote(plan)
         slot.running = (generation_id, ref, time.monotonic())
-        slot.keys = [k for k in slot.keys if k != key] + [key]
+        # The worker's engine cache is least-recently-used over all of them: mirror it.
+        slot.keys = [k for k in slot.keys if k not in keys] + keys
         del slot.keys[: -self.spec.workers.engines_per_worker]
+
+    def _engines(self, plan: GenerationPlan) -> list[EngineKey]:
+        """The engines a plan makes its worker use, in the order it uses them (EngineWorker._run)."""
+        keys = [plan.engine]
+        if plan.generation.verifier:
+            keys.append(self.spec.engine.verifier_key(plan.generation.verifier))
+        if plan.fill:
+            keys.append(plan.fill_engine or plan.engine)
+        return list(dict.fromkeys(keys))
 
     def wait(self, timeout_s: float = 1.0) -> list[Finished]:
         """Generations that ended within `timeout_s`; a dead or overdue worker is replaced."""
