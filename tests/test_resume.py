@@ -86,11 +86,16 @@ def test_a_controller_stopped_at_any_point_resumes_without_loss_or_duplicates(tm
     url = f"sqlite:///{tmp_path / 'latts.db'}"
     ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # Ray's socket paths must stay short
 
+    # Trials of earlier runs still read RUNNING until the next run finds their controller dead: each
+    # point waits for a trial the new run started.
+    earlier: set[int] = set()
+
     def first_running(trials):
-        return trials and not any(t.state == "COMPLETE" for t in trials) and any(t.state == "RUNNING" for t in trials)
+        return not any(t.state == "COMPLETE" for t in trials) and any(t.state == "RUNNING" for t in trials)
 
     def mid_study(trials):
-        return trials and any(t.state == "COMPLETE" and t.fail_reason is None for t in trials) and any(t.state == "RUNNING" for t in trials)
+        started = any(t.state == "RUNNING" and t.id not in earlier for t in trials)
+        return any(t.state == "COMPLETE" for t in trials) and started
 
     def storing(trials):
         # A generation stored, its trial not yet: the controller is between its writes of one result.
@@ -128,6 +133,7 @@ def test_a_controller_stopped_at_any_point_resumes_without_loss_or_duplicates(tm
             wait_for(lambda: not held_under(ray_tmp), 30, "the stopped controller's Ray processes to end")
             assert len(folders) == 1
         kept.update({t.id: (t.config, t.accuracy, t.latency_s) for t in before if t.state == "COMPLETE"})
+        earlier |= {t.id for t in before}
 
     proc = run_latts("tune", str(spec), "--storage", url, cwd=tmp_path, env={**os.environ, "LATTS_RAY_TMP": ray_tmp})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -69,27 +69,21 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGINT or SIGTERM reached a command that measures."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, _frame: Any) -> None:
-    raise Stopped(signum)
-
-
 @contextmanager
 def stoppable(what: str) -> Iterator[None]:
     """SIGINT and SIGTERM end the command cleanly: the controller hands its running configs back for
     re-run and its Ray processes end with it; exit 128 + the signal's number, as a shell reports it."""
-    previous = {signum: signal.signal(signum, _raise_stopped) for signum in (signal.SIGINT, signal.SIGTERM)}
+    received: list[int] = []
+
+    def stop(signum: int, _frame: Any) -> None:
+        received.append(signum)  # noted here: Ray re-raises a handler's exception as a plain KeyboardInterrupt
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except KeyboardInterrupt as exc:
-        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
         err.print(f"stopped by {signal.Signals(signum).name}: {what}", markup=False, soft_wrap=True)
         raise typer.Exit(128 + signum) from None
     finally:

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,19 +36,24 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
 
     if ray.is_initialized():
         return
+    # ray.init installs its own SIGTERM handler, which exits at once; the command's (cli.stoppable)
+    # hands the running configs back first, so it is put back.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level="WARNING")
-        return
-    # Ray's socket paths must stay short; a private folder per run keeps parallel runs apart.
-    folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=ray_root()))
-    (folder / MARKER).write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
-    ray.init(
-        num_cpus=max(len(os.sched_getaffinity(0)), spec.workers.count),
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="WARNING",
-        _temp_dir=str(folder),
-    )
+    else:
+        # Ray's socket paths must stay short; a private folder per run keeps parallel runs apart.
+        folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=ray_root()))
+        (folder / MARKER).write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
+        ray.init(
+            num_cpus=max(len(os.sched_getaffinity(0)), spec.workers.count),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="WARNING",
+            _temp_dir=str(folder),
+        )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _start_time(pid: int) -> int | None:
