@@ -620,13 +620,15 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
 
     if ray.is_initialized():
         return
+    # log_to_driver: the workers' and engines' output reaches this process, where the worker pool
+    # logs it (latts.workers.pool) instead of Ray printing it.
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
         return
     ray.init(
         num_cpus=max(len(os.sched_getaffinity(0)), spec.workers.count),
         include_dashboard=False,
-        log_to_driver=False,
+        log_to_driver=True,
         logging_level="WARNING",
         # Ray's socket paths must stay short; a private folder per run keeps parallel runs apart.
         _temp_dir=tempfile.mkdtemp(prefix="ray-", dir=os.environ.get("LATTS_RAY_TMP", "/tmp")),
