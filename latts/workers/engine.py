@@ -244,8 +244,13 @@ class EngineCache:
     def get(self, key: EngineKey) -> tuple[Engine, bool]:
         """The engine for `key` and whether it was started just now."""
         if key in self._engines:
-            self._engines.move_to_end(key)
-            return self._engines[key], False
+            if self._engines[key].process.poll() is None:
+                self._engines.move_to_end(key)
+                return self._engines[key], False
+            # It died (a crash, the OOM killer): the generation it failed has its log; start afresh.
+            dead = self._engines.pop(key)
+            logger.warning("%s had exited (code %s); starting it again", dead.label, dead.process.returncode)
+            dead.close()
         while len(self._engines) >= self.capacity:
             _, evicted = self._engines.popitem(last=False)
             evicted.close()

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -254,6 +255,7 @@ class WorkerPool:
         self._ray = ray
         self.spec = spec
         self._output: dict[str, deque[str]] = {}  # each worker's last lines, by its name
+        self._output_lock = threading.Lock()  # Ray's log thread fills them
         _forward_output(self._forwarded)
         self._problems = ray.put(problems)
         self._remote = ray.remote(EngineWorker)
@@ -266,10 +268,10 @@ class WorkerPool:
         lines = data.get("lines", [])
         if data.get("pid") == "autoscaler":  # its status report every few seconds; Ray shows only its events
             lines = [line.split(":event_summary:", 1)[1] for line in lines if ":event_summary:" in line]
-        tail = self._output.setdefault(source, deque(maxlen=OUTPUT_TAIL_LINES))
         for line in lines:
             remote.info("(%s, %s pid=%s) %s", source, data.get("ip"), data.get("pid"), line)
-            tail.append(line)
+        with self._output_lock:
+            self._output.setdefault(source, deque(maxlen=OUTPUT_TAIL_LINES)).extend(lines)
 
     def _start(self, index: int) -> _Slot:
         actor = self._remote.options(
@@ -281,7 +283,8 @@ class WorkerPool:
 
     def _last_words(self, slot: _Slot) -> str:
         """What the worker in `slot` wrote last (its name is the slot's, on any host)."""
-        lines = [line for name, tail in self._output.items() if name.startswith(f"worker-{slot.index}@") for line in tail]
+        with self._output_lock:
+            lines = [line for name, tail in self._output.items() if name.startswith(f"worker-{slot.index}@") for line in tail]
         return f"--- last {OUTPUT_TAIL_LINES} lines the worker wrote ---\n" + "\n".join(lines[-OUTPUT_TAIL_LINES:])
 
     def detect_hardware(self) -> dict[str, Any]:
