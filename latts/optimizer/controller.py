@@ -417,8 +417,8 @@ class Controller:
             reason = f"{OUT_OF_MEMORY}: {reason}"
             number = flight.asked[0][0].number
             self._no_memory[flight.generation.key()] = self._not_run_again(self.spec.study, number, reason)
-        logger.warning("generation %d failed: %s", finished.generation_id, reason)
         if self.failure_logs is None:
+            logger.warning("generation %d failed: %s", finished.generation_id, reason)
             return reason
         path = self.failure_logs / f"generation-{finished.generation_id}.log"
         trials = ", ".join(f"#{trial.number} {config.label()}" for trial, config, _ in flight.asked)
@@ -431,9 +431,11 @@ class Controller:
             self.failure_logs.mkdir(parents=True, exist_ok=True)
             path.write_text(heading + detail + "\n")
         except OSError as exc:  # a full disk must not stop the study; the reason still names the problem
-            logger.error("cannot write %s: %s", path, exc.strerror)
-            return f"{reason} (full log not written: {exc.strerror})"
-        return f"{reason} (full log: {path.resolve()})"
+            reason = f"{reason} (full log not written: {exc.strerror})"
+        else:
+            reason = f"{reason} (full log: {path.resolve()})"
+        logger.warning("generation %d failed: %s", finished.generation_id, reason)
+        return reason
 
     def _not_run_again(self, study: str, number: int, reason: str) -> str:
         """The reason of a config whose generation ran out of memory as trial `number` of `study` did."""

@@ -73,9 +73,21 @@ def _lines(log: Path) -> list[str]:
         return []
 
 
+# The last line of a traceback, as vLLM's processes log it: after the process's label and, from
+# its logger, the level, time and source.
+_RAISED = re.compile(
+    r"^(?:\([\w.-]+ pid=\d+\) )?(?:[A-Z]+ [\d-]+ [\d:]+ \[[^\]]+\] )?((?:[\w.]+\.)?\w*(?:Error|Exception)\b.*)$"
+)
+
+
 def _reason(log: Path) -> str:
-    """The server's last error line, for a failed trial's reason."""
+    """Why a server did not start, for a failed trial's reason: the first exception it logged (the
+    root cause; vLLM's processes raise it on, wrapped, and the API server says "see root cause
+    above"), else its last error line."""
     lines = [line.strip() for line in _lines(log) if line.strip()]
+    raised = [m.group(1) for line in lines if (m := _RAISED.match(line)) and "See root cause above" not in line]
+    if raised:
+        return raised[0][:500]
     errors = [line for line in lines if re.search(r"Error|error:|Exception", line)]
     return (errors or lines or ["(no output)"])[-1][-500:]
 

@@ -25,7 +25,7 @@ from latts.core.records import Branch, EngineKey, FilledProblem, GenerationPlan,
 from latts.core.spec import StudySpec
 from latts.problems import Problem, extract_boxed
 from latts.workers import hardware
-from latts.workers.engine import EngineCache, Sample
+from latts.workers.engine import LOG_TAIL_LINES, EngineCache, Sample
 from latts.workers.engine import label as engine_label
 
 # The core of a worker's slice left to its actor, engine server and engine core (see worker_env).
@@ -98,7 +98,7 @@ class EngineWorker:
             # connection; the cgroup's counter says why.
             parts.append(f"kernel OOM killer: {kills - oom_kills_before} process(es) killed in this worker's memory cgroup while it ran")
         tail = getattr(exc, "log_tail", None)  # an engine that did not start: its log, its folder gone
-        parts += [tail] if tail else []
+        parts += [f"--- last {LOG_TAIL_LINES} lines of the engine that did not start ---\n{tail}"] if tail else []
         parts += self.cache.log_tails()
         return "\n\n".join(parts)
 
