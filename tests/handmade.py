@@ -128,18 +128,21 @@ class ControllerDied(Exception):
 
 
 class FakeWorkers:
-    """Answers every plan at once: each problem's branches all give one answer, right for the first
-    `accuracy` share of the problems; every problem takes `latency` seconds."""
+    """Answers every plan at the next wait (a `slow` one at the wait after): each problem's branches
+    all give one answer, right for the first `accuracy` share of the problems; every problem takes
+    `latency` seconds. `fail` gives a generation's failure: its reason, or (reason, full text)."""
 
-    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None, slower_in_race=1.0, takes_s=0.0):
+    def __init__(self, problems, count=1, landscape=None, fail=None, die_at_wait=None, slower_in_race=1.0, slow=None, takes_s=0.0):
         self.problems = problems
         self.takes_s = takes_s  # wall time of each wait with something running: controllers sharing a study overlap
         self.slower_in_race = slower_in_race  # the machine's drift: every latency timed in the race, times this
         self.count = count
         self.landscape = landscape or (lambda g: (0.5, 0.01 * g.branches))
         self.fail = fail or (lambda g: None)
+        self.slow = slow or (lambda g: False)
         self.die_at_wait = die_at_wait  # raise ControllerDied at this call of wait (1 = the first)
         self.running: dict[int, GenerationPlan] = {}
+        self.waited: dict[int, int] = {}  # generation id -> waits it has been running through
         self.submitted = []  # generations of the search
         self.raced = []  # generations timed again for the race
         self.waits = 0
@@ -161,10 +164,17 @@ class FakeWorkers:
         if self.running:
             time.sleep(self.takes_s)
         finished = []
-        for generation_id, plan in self.running.items():
-            reason = self.fail(plan.generation)
-            finished.append(Finished(generation_id, None, reason) if reason else Finished(generation_id, self._result(plan), None))
-        self.running = {}
+        for generation_id, plan in list(self.running.items()):
+            self.waited[generation_id] = self.waited.get(generation_id, 0) + 1
+            if self.waited[generation_id] < (2 if self.slow(plan.generation) else 1):
+                continue
+            del self.running[generation_id]
+            failure = self.fail(plan.generation)
+            if failure is None:
+                finished.append(Finished(generation_id, self._result(plan), None))
+            else:
+                reason, detail = failure if isinstance(failure, tuple) else (failure, None)
+                finished.append(Finished(generation_id, None, reason, detail))
         return finished
 
     def run(self, generation_id, plan):

@@ -12,6 +12,7 @@ import threading
 import optuna
 import pytest
 
+from latts.core.failures import OUT_OF_MEMORY
 from latts.core.records import TrialState
 from latts.core.spec import AGGREGATOR_VERIFIER, parse_spec
 from latts.optimizer import controller as controller_module
@@ -41,8 +42,8 @@ def no_ray(monkeypatch):
     monkeypatch.setattr(controller_module, "init_ray", refuse)
 
 
-def tune(tmp_path, n_trials=None, **workers):
-    """Run the controller on the fake workers; the controller, the workers and latts' repository."""
+def tune(tmp_path, n_trials=None, options=None, **workers):
+    """Run the controller (with `options`) on the fake workers; the controller, the workers and latts' repository."""
     spec = parse_spec({**BASE, **workers.pop("spec", {})})
     url = f"sqlite:///{tmp_path / 'latts.db'}"
     repo = Repository(url)
@@ -52,7 +53,7 @@ def tune(tmp_path, n_trials=None, **workers):
         made.append(FakeWorkers(problems, **workers))
         return made[-1]
 
-    controller = Controller(spec, repo, url, n_trials, workers=start)
+    controller = Controller(spec, repo, url, n_trials, workers=start, **(options or {}))
     controller.run(None)
     return controller, made[0], repo
 
@@ -259,3 +260,91 @@ def test_two_controllers_share_a_study_and_measure_each_config_once(tmp_path):
     assert optuna.trial.TrialState.RUNNING not in [t.state for t in asked]
     assert sum(t.state == optuna.trial.TrialState.COMPLETE and REPEAT_OF not in t.user_attrs for t in asked) == 4
     assert Repository(url).active_controllers("loop") == []
+
+
+def test_a_failed_generation_keeps_its_full_reason_in_a_file_its_trials_name(tmp_path):
+    detail = "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n\n--- last lines of engine demo:target ---\nvLLM's own words"
+    fail = lambda g: ("RuntimeError: boom", detail) if g.branches == 2 else None  # noqa: E731
+    controller, workers, repo = tune(tmp_path, fail=fail, options={"failure_logs": tmp_path / "logs" / "loop"})
+    (failed,) = [t for t in repo.trials("loop") if t.state == TrialState.FAILED]
+    path = tmp_path / "logs" / "loop" / f"generation-{failed.generation_id}.log"
+    assert failed.fail_reason == f"RuntimeError: boom (full log: {path})"
+    assert repo.generation(failed.generation_id).fail_reason == failed.fail_reason
+    text = path.read_text()
+    assert text.startswith(f"study loop, generation {failed.generation_id} (trials #{failed.number} B=2 ")
+    assert "reason: RuntimeError: boom\n" in text and text.endswith(detail + "\n")
+
+
+def test_max_failures_stops_the_search_keeps_what_was_measured_and_queues_what_ran_again(tmp_path):
+    # Two workers, the grid in branch order: two branches still run when one branch fails at once.
+    spec = {"search_space": {"branches": [1, 2, 4]}, "n_trials": 3, "race": {"finalists": 2}}
+    fail = lambda g: "RuntimeError: boom" if g.branches == 1 else None  # noqa: E731
+    slow = lambda g: g.branches == 2  # noqa: E731
+    controller, workers, repo = tune(tmp_path, count=2, fail=fail, slow=slow, spec=spec, options={"max_failures": 1})
+    assert controller.state.stopped and controller.state.failed_now == 1 and workers.raced == [] and workers.shut
+    trials = {t.config.branches: t for t in repo.trials("loop")}
+    assert set(trials) == {1, 2}  # nothing new was asked once the failure came
+    assert trials[1].state == TrialState.FAILED and trials[1].fail_reason == "RuntimeError: boom"
+    assert trials[2].state == TrialState.FAILED and trials[2].fail_reason == INTERRUPTED
+    assert not repo.running_trials("loop") and not repo.generations("loop", states=[TrialState.RUNNING])
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in optuna_trials(tmp_path)]
+
+    # The next run (no limit) measures what was abandoned and the rest; the failed config is not run again.
+    controller, workers, repo = tune(tmp_path, fail=fail, slow=slow, spec=spec)
+    assert sorted(g.branches for g in workers.submitted) == [2, 4] and not controller.state.stopped
+    assert sorted((t.config.branches, t.state) for t in repo.trials("loop") if t.fail_reason != INTERRUPTED) == [
+        (1, TrialState.FAILED), (2, TrialState.COMPLETE), (4, TrialState.COMPLETE)
+    ]
+
+
+def test_max_failures_counts_this_runs_failures_only(tmp_path):
+    # A resumed study's earlier failures do not stop it again.
+    fail = lambda g: "RuntimeError: boom" if g.branches == 1 else None  # noqa: E731
+    tune(tmp_path, n_trials=1, fail=fail, spec={"search_space": {"branches": [1, 2]}, "sampler": "grid"})
+    controller, workers, repo = tune(tmp_path, fail=fail, options={"max_failures": 1})
+    assert not controller.state.stopped and controller.state.failed_now == 0
+    assert {t.config.branches: t.state for t in repo.trials("loop")} == {1: TrialState.FAILED, 2: TrialState.COMPLETE}
+
+
+KV_REFUSAL = (
+    "EngineStartError: vLLM server exited with 1: ValueError: Available memory on node 0 (17.1/23.4 GiB) on kv "
+    "cache allocation is less than requested memory for kv (4096.0 GiB)."
+)
+TWO_AGGREGATORS = {"branches": [1, 2], "aggregator": ["majority", "weighted_mean_logprob"]}
+
+
+def test_a_generation_that_ran_out_of_memory_is_not_run_again_on_that_hardware(tmp_path):
+    fail = lambda g: KV_REFUSAL if g.branches == 2 else None  # noqa: E731
+    spec = {"search_space": TWO_AGGREGATORS, "n_trials": 4}
+    controller, workers, repo = tune(tmp_path, fail=fail, spec=spec)
+    assert sorted(g.branches for g in workers.submitted) == [1, 2]  # the other aggregator of 2 branches ran nothing
+    failed = [t for t in repo.trials("loop") if t.state == TrialState.FAILED]
+    assert [t.config.branches for t in failed] == [2, 2] and all(t.fail_reason.startswith(f"{OUT_OF_MEMORY}: ") for t in failed)
+    first, sibling = sorted(failed, key=lambda t: t.generation_id is None)
+    assert first.fail_reason == f"{OUT_OF_MEMORY}: {KV_REFUSAL}" and sibling.generation_id is None
+    assert sibling.fail_reason == f"{OUT_OF_MEMORY}: not run again, as loop#{first.number} on cpu-2core: {KV_REFUSAL}"
+    assert controller.state.failed == 2 and controller.state.failed_now == 1
+
+    # Resumed, the study runs nothing; a new study on the same hardware, model and engine settings runs
+    # only what fits, and says why the rest failed.
+    controller, workers, repo = tune(tmp_path, fail=fail, spec=spec)
+    assert workers.submitted == [] and len(repo.trials("loop")) == 4
+    controller, workers, repo = tune(tmp_path, fail=fail, spec={**spec, "study": "again"})
+    assert [g.branches for g in workers.submitted] == [1]
+    reasons = {t.config.aggregator: t.fail_reason for t in repo.trials("again") if t.state == TrialState.FAILED}
+    assert set(reasons) == {"majority", "weighted_mean_logprob"}
+    assert all(r == f"{OUT_OF_MEMORY}: not run again, as loop#{first.number} on cpu-2core: {KV_REFUSAL}" for r in reasons.values())
+    study = optuna.load_study(study_name="again", storage=f"sqlite:///{tmp_path / 'latts.db'}")
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.FAIL) == 2  # Optuna learns they fail
+
+    # More KV cache, another hardware target or a failure that was not memory: run again.
+    for changes in ({"engine": {"kv_cache_gib": 2}}, {"hardware": "cpu-bigger"}):
+        controller, workers, repo = tune(tmp_path, spec={**spec, "study": f"other-{len(changes)}-{list(changes)[0]}", **changes})
+        assert sorted(g.branches for g in workers.submitted) == [1, 2]
+
+
+def test_a_failure_that_was_not_memory_is_run_again_by_another_study(tmp_path):
+    fail = lambda g: "worker died: ActorDiedError: The actor died unexpectedly" if g.branches == 2 else None  # noqa: E731
+    tune(tmp_path, fail=fail)
+    controller, workers, repo = tune(tmp_path, spec={"study": "again"})
+    assert sorted(g.branches for g in workers.submitted) == [1, 2]

@@ -1,9 +1,11 @@
-"""The `latts` commands. Errors are one line on stderr: exit 2 for bad input, 3 when no config fits."""
+"""The `latts` commands. Errors are one line on stderr: exit 2 for bad input, 3 when no config fits,
+4 when `tune --max-failures` stopped a study."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shlex
 import signal
@@ -11,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,6 +26,7 @@ from latts.core.records import STATISTICS, TrialState, TrialSummary
 from latts.core.spec import SpecError
 from latts.storage import Repository
 
+logger = logging.getLogger(__name__)
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 # Tables are wide; when stdout is a file or pipe, don't squeeze them into rich's default 80 columns.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -30,6 +34,7 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 
 EXIT_BAD_INPUT = 2
 EXIT_NO_FIT = 3
+EXIT_TOO_MANY_FAILURES = 4
 DEFAULT_STORAGE = "sqlite:///latts.db"
 SUBMIT_PATIENCE_S = 60  # how long `latts submit` waits for a cluster's job server to take jobs
 
@@ -117,8 +122,16 @@ def tune(
     storage: StorageOption = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="join this Ray cluster")] = None,
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="total trials for the study (overrides the spec)")] = None,
+    max_failures: Annotated[
+        int | None, typer.Option("--max-failures", help="stop once N trials have failed in this run (exit 4); default: never")
+    ] = None,
+    log_file: Annotated[
+        str | None, typer.Option("--log-file", help="log here; default latts-logs/STUDY.log beside a SQLite database, else in .")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", help="show the log live, workers' and engines' output included")] = False,
 ) -> None:
     """Run or resume the study named in the spec; print its frontier and best config per budget."""
+    from latts.cli.logs import default_log_file, failure_logs, log_file_handler, logging_to
     from latts.core.spec import load_spec
     from latts.optimizer.controller import INTERRUPTED, Controller
     from latts.optimizer.frontier import pareto_front
@@ -128,14 +141,25 @@ def tune(
     spec = load_spec(spec_path)
     if n_trials is not None and n_trials < 1:
         raise UsageError(f"--n-trials must be at least 1, got {n_trials}")
+    if max_failures is not None and max_failures < 1:
+        raise UsageError(f"--max-failures must be at least 1, got {max_failures}; leave it out to never stop")
     url = storage_url(storage, spec.storage)
     repo = Repository(url)
-    controller = Controller(spec, repo, url, n_trials)
-    if controller.state.capped:
-        err.print(controller.state.capped, markup=False)
-    resume = f"its running configs will run again; `latts tune {spec_path}` resumes it"
-    with stoppable(resume), TuneProgress(err, spec.study) as progress:
-        state = controller.run(ray_address, on_update=progress.update)
+    spec.check_resumable(repo.study_spec(spec.study))  # refused before anything is logged or measured
+    log_path = Path(log_file).resolve() if log_file else default_log_file(url, spec.study)
+    controller = Controller(spec, repo, url, n_trials, max_failures=max_failures, failure_logs=failure_logs(log_path, spec.study))
+    try:
+        to_file = log_file_handler(log_path)
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {log_path}: {exc.strerror}; pass --log-file PATH") from None
+    with logging_to(to_file, err, verbose):
+        err.print(f"log: {log_path}", markup=False)
+        logger.info("latts tune %s: study %s, storage %s", spec_path, spec.study, repo.url)
+        if controller.state.capped:
+            err.print(controller.state.capped, markup=False)
+        resume = f"its running configs will run again; `latts tune {spec_path}` resumes it"
+        with stoppable(resume), TuneProgress(err, spec.study) as progress:
+            state = controller.run(ray_address, on_update=progress.update)
     if not err.is_terminal:  # rich ends its last frame without a newline when it cannot redraw
         err.line()
     if state.greedy_stopped:
@@ -143,13 +167,21 @@ def tune(
     trials = repo.trials(spec.study)
     for t in trials:
         if t.state == TrialState.FAILED and t.fail_reason != INTERRUPTED:
-            err.print(f"trial {t.number} ({t.config.label()}) failed: {t.fail_reason}", markup=False)
+            err.print(f"trial {t.number} ({t.config.label()}) failed: {t.fail_reason}", markup=False, soft_wrap=True)
         elif t.lossy:
             err.print(
                 f"trial {t.number} ({t.config.label()}) is lossy: its answers differ from trial {t.lossless.baseline_trial} "
                 f"without speculation (p={t.lossless.p_value:.2g}); kept out of the frontier and best",
                 markup=False,
             )
+    if state.stopped:
+        err.print(
+            f"error: stopped after {state.failed_now} failed trials in this run (--max-failures {max_failures}); "
+            f"their reasons are above, measured trials are kept, and `latts tune` again resumes the study",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_TOO_MANY_FAILURES)
     out.print(trials_table(f"Frontier of {spec.study}", pareto_front(trials, spec.latency_statistic), spec.latency_statistic))
     _print_answers(repo, spec.study, spec.latency_statistic, state.best)
 

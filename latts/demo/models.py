@@ -18,6 +18,7 @@ cache_dir()/demo-models/<VERSION>/<name>.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -30,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 DEMO_MODELS = ("demo:target", "demo:draft", "demo:verifier", "demo:target-xl")
 # Trained together on first use of any model: one single-threaded process each, side by side.
@@ -108,22 +111,18 @@ def resolve_model(name: str) -> str:
     Training the target or the draft trains both at once: in parallel that
     costs no extra wall time on two cores, and the other one is often wanted
     next. The verifier and demo:target-xl are built only when asked for (after
-    the target). Progress goes to stderr (stdout may be a --json document).
+    the target). Progress goes to this module's logger (on a worker: the study's log).
     """
     if not is_demo_model(name):
         return name
     _kind(name)  # unknown demo names fail before any training
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr)
-
     if name in _GENERATORS or _NEEDS.get(name) in _GENERATORS:
-        ensure_demo_models(_GENERATORS, log)
-    return str(ensure_demo_models([name], log)[name])
+        ensure_demo_models(_GENERATORS)
+    return str(ensure_demo_models([name])[name])
 
 
 def ensure_demo_models(
-    names: Iterable[str] = DEMO_MODELS, log: Callable[[str], object] = print
+    names: Iterable[str] = DEMO_MODELS, log: Callable[[str], object] = logger.info
 ) -> dict[str, Path]:
     """Train whichever of `names` is not cached yet; return name -> folder.
 

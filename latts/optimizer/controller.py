@@ -20,16 +20,22 @@ it runs (latts.optimizer.leases), sees what the others measured and run, and the
 indexes refuse a second measurement of a config that two of them start at once. A resume re-runs
 only what dead controllers left; one stopped by SIGINT or SIGTERM hands its running configs back
 itself.
+
+A failed generation fails its trials with a one-line reason naming a file that holds its full text.
+One that ran out of memory is not run again on the hardware target, with the same model and engine
+settings, in this study or any other (latts.core.failures); its configs are answered failed.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import optuna
 import sqlalchemy.exc
@@ -37,6 +43,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState as OptunaState
 
 from latts.aggregation import RULES
+from latts.core.failures import OUT_OF_MEMORY, out_of_memory, ran_out_of_memory
 from latts.core.records import (
     Branch,
     BudgetAnswer,
@@ -50,7 +57,7 @@ from latts.core.records import (
     TrialSummary,
     TTSConfig,
 )
-from latts.core.spec import SpecError, StudySpec
+from latts.core.spec import EngineSpec, SpecError, StudySpec
 from latts.demo.models import local_name
 from latts.optimizer import greedy, leases
 from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, stable_seed
@@ -62,8 +69,10 @@ from latts.problems import Problem, load_problems
 from latts.storage import Repository, StudyFull, Taken
 from latts.workers import hardware
 from latts.workers.cluster import init_ray
+from latts.workers.pool import Finished
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+logger = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted: the controller stopped before this trial finished; its config was re-run"
 # User attribute of an Optuna trial answered from storage: the number of the trial that measured its config.
@@ -82,11 +91,13 @@ class TuneState:
     done: int = 0
     initial_done: int = 0  # finished before this run (resumed studies)
     failed: int = 0
+    failed_now: int = 0  # trials that failed in this run (configs answered from an earlier failure not counted)
     in_flight: int = 0
     started_at: float = field(default_factory=time.monotonic)
     best: dict[float, TrialSummary | None] = field(default_factory=dict)
     greedy_stopped: bool = False  # `sampler: greedy` ended before the target: no budget's path can move on
     racing: bool = False  # the search is over; the finalists are being timed again
+    stopped: bool = False  # `max_failures` trials failed in this run: the search stopped, nothing raced
 
     @property
     def capped(self) -> str | None:
@@ -137,7 +148,9 @@ class _InFlight:
 class Controller:
     """Drives one study. `workers` starts what runs generations (default: Ray actors with vLLM engines);
     `sampler_seed` seeds the search apart from the spec's `seed`, which also seeds the sampling itself
-    (benchmarks replaying one study under many search seeds)."""
+    (benchmarks replaying one study under many search seeds). The search stops once `max_failures`
+    trials have failed in this run; each failed generation's full reason goes to a file in
+    `failure_logs` (without one, only its one-line reason is kept)."""
 
     def __init__(
         self,
@@ -147,10 +160,15 @@ class Controller:
         n_trials: int | None = None,
         workers: WorkersFactory | None = None,
         sampler_seed: int | None = None,
+        max_failures: int | None = None,
+        failure_logs: Path | None = None,
     ) -> None:
         self.spec = spec
         self.repo = repo
         self.storage_url = storage_url
+        self.max_failures = max_failures
+        self.failure_logs = failure_logs
+        self._no_memory: dict[str, str] = {}  # generation key -> the reason its configs fail without running
         self._workers = workers
         self._distributions = {name: CategoricalDistribution(c) for name, c in spec.search_space.choices().items()}
         points = spec.search_space.points()
@@ -212,7 +230,8 @@ class Controller:
                 last = not self.repo.active_controllers(spec.study)
                 # A rerun that measured nothing new keeps the answers it has (`latts confirm` races again).
                 measured_now = self.state.done > self.state.initial_done
-                if last and spec.race.finalists and (measured_now or not self.repo.budget_answers(spec.study)):
+                race_now = spec.race.finalists and (measured_now or not self.repo.budget_answers(spec.study))
+                if last and race_now and not self.state.stopped:
                     self.state.racing = True
                     on_update(self.state)
                     self._race(pool)
@@ -291,7 +310,9 @@ class Controller:
             # Rotate the order each round: no finalist always runs first, or right after an engine switch.
             for gid in generations[offset % len(generations):] + generations[: offset % len(generations)]:
                 done = pool.run(gid, self._plan(stored[gid].generation, timing_only=True))
-                if done.result is not None:  # a worker that died mid-race costs that round's timing only
+                if done.result is None:  # a worker that died mid-race costs that round's timing only
+                    logger.warning("timing generation %d again failed: %s\n%s", gid, done.error, done.detail or "")
+                else:
                     first = start[gid] + offset * self.spec.latency_rounds
                     self.repo.add_timing_round(gid, [replace(p, round=first + p.round) for p in done.result.timed])
         self._refresh_numbers(set(generations))
@@ -351,12 +372,13 @@ class Controller:
         state.done = state.initial_done = len(measured)
         state.failed = sum(t.state == TrialState.FAILED for t in measured.values())
         self._repeats = sum(REPEAT_OF in t.user_attrs for t in study.get_trials(deepcopy=False))
+        self._no_memory = self._out_of_memory_before()
         self._update_best()
         in_flight: dict[int, _InFlight] = {}  # generation id -> what waits for it
         on_update(state)
         while True:
             self._sync(measured, set(in_flight))
-            while pool.idle and state.done + state.in_flight + len(self._elsewhere) < state.target:
+            while pool.idle and state.done + state.in_flight + len(self._elsewhere) < state.target and not state.stopped:
                 if self._sharing:  # what the others did since, before choosing what to start
                     self._sync(measured, set(in_flight))
                 flying = {c.key(): (gid, t.number) for gid, f in in_flight.items() for t, c, _ in f.asked}
@@ -395,15 +417,17 @@ class Controller:
                 flight = in_flight.pop(finished_generation.generation_id)
                 state.in_flight -= len(flight.asked)
                 if finished_generation.result is None:
-                    reason = finished_generation.error or "unknown error"
+                    reason = self._failed(finished_generation, flight)
                     self.repo.fail_generation(finished_generation.generation_id, reason)
                     for trial, config, trial_id in flight.asked:
                         summary = self.repo.fail_trial(trial_id, reason)
                         measured[config.key()] = summary
                         self._tell(study, trial, summary)
                     state.failed += len(flight.asked)
+                    state.failed_now += len(flight.asked)
                     state.done += len(flight.asked)
                 else:
+                    logger.info("generation %d finished", finished_generation.generation_id)
                     self._store(finished_generation.generation_id, flight, finished_generation.result)
                     summaries = self._score(study, flight.asked, finished_generation.generation_id, measured)
                     summaries += self._siblings(study, flight, finished_generation.generation_id, measured)
@@ -411,6 +435,14 @@ class Controller:
                 for trial, key in flight.repeats:
                     self._tell(study, trial, measured[key])
                 self._update_best()
+            if self.max_failures is not None and state.failed_now >= self.max_failures and not state.stopped:
+                # What still runs is abandoned as a killed controller's would be: queued again for the next run.
+                logger.warning("%d trials failed in this run (max_failures %d): stopping", state.failed_now, self.max_failures)
+                state.stopped = True
+                self._recover_interrupted(study, mine_too=True)
+                state.in_flight = 0
+                on_update(state)
+                return
         state.greedy_stopped = spec.sampler == "greedy" and state.done < state.target
 
     def _start(
@@ -428,7 +460,15 @@ class Controller:
         generation = config.generation()
         # Capped in the database only while other controllers share the study: alone, the loop's own count holds.
         cap = state.target if self._sharing else None
-        if generation.key() in running:  # another aggregator of a generation running now: wait for it
+        if generation.key() in self._no_memory:  # it ran out of memory before: failed, not run again
+            trial_id = self.repo.start_trial(spec.study, trial.number, config, None, cap)
+            summary = self.repo.fail_trial(trial_id, self._no_memory[generation.key()])
+            logger.info("trial %d (%s) not run: %s", trial.number, config.label(), summary.fail_reason)
+            measured[config.key()] = summary
+            self._tell(study, trial, summary)
+            state.done += 1
+            state.failed += 1
+        elif generation.key() in running:  # another aggregator of a generation running now: wait for it
             gid = running[generation.key()]
             in_flight[gid].asked.append((trial, config, self.repo.start_trial(spec.study, trial.number, config, gid, cap)))
             state.in_flight += 1
@@ -443,6 +483,7 @@ class Controller:
             flight.asked.append((trial, config, trial_id))
             in_flight[gid] = flight
             pool.submit(gid, flight.plan)
+            logger.info("generation %d (trial %d, %s) submitted", gid, trial.number, config.label())
             state.in_flight += 1
 
     def _sync(self, measured: dict[str, TrialSummary], mine: set[int]) -> None:
@@ -462,6 +503,65 @@ class Controller:
                 measured[key] = t
                 self.state.done += 1
                 self.state.failed += t.state == TrialState.FAILED
+
+    def _failed(self, finished: Finished, flight: _InFlight) -> str:
+        """The one-line reason of a failed generation, marked when memory ran out, naming the file that
+        holds its full text."""
+        reason = finished.error or "unknown error"
+        detail = finished.detail or reason
+        if ran_out_of_memory(detail):
+            reason = f"{OUT_OF_MEMORY}: {reason}"
+            number = flight.asked[0][0].number
+            self._no_memory[flight.generation.key()] = self._not_run_again(self.spec.study, number, reason)
+        if self.failure_logs is None:
+            logger.warning("generation %d failed: %s", finished.generation_id, reason)
+            return reason
+        path = self.failure_logs / f"generation-{finished.generation_id}.log"
+        trials = ", ".join(f"#{trial.number} {config.label()}" for trial, config, _ in flight.asked)
+        heading = (
+            f"study {self.spec.study}, generation {finished.generation_id} (trials {trials}), "
+            f"failed {datetime.now(UTC).isoformat(timespec='seconds')} on hardware target {self.spec.hardware}\n"
+            f"reason: {reason}\n\n"
+        )
+        try:
+            self.failure_logs.mkdir(parents=True, exist_ok=True)
+            path.write_text(heading + detail + "\n")
+        except OSError as exc:  # a full disk must not stop the study; the reason still names the problem
+            reason = f"{reason} (full log not written: {exc.strerror})"
+        else:
+            reason = f"{reason} (full log: {path.resolve()})"
+        logger.warning("generation %d failed: %s", finished.generation_id, reason)
+        return reason
+
+    def _not_run_again(self, study: str, number: int, reason: str) -> str:
+        """The reason of a config whose generation ran out of memory as trial `number` of `study` did."""
+        cause = reason.removeprefix(OUT_OF_MEMORY).removeprefix(": ")
+        return f"{OUT_OF_MEMORY}: not run again, as {study}#{number} on {self.spec.hardware}: {cause}"
+
+    def _out_of_memory_before(self) -> dict[str, str]:
+        """Generations that ran out of memory on this hardware target with this model and engine
+        settings, in any study: their key -> the reason their configs fail without running."""
+        spec, found = self.spec, {}
+        same: dict[str, bool] = {}  # study -> whether it has this model and these engine settings
+        for trial in self.repo.trials(states=[TrialState.FAILED], hardware=spec.hardware):
+            # Answered-from-memory copies have no generation: the original is cited instead.
+            if not out_of_memory(trial.fail_reason) or trial.generation_id is None:
+                continue
+            if trial.study not in same:
+                same[trial.study] = self._same_engines(self.repo.study_spec(trial.study) or {})
+            if same[trial.study]:
+                found.setdefault(trial.config.generation().key(), self._not_run_again(trial.study, trial.number, trial.fail_reason))
+        return found
+
+    def _same_engines(self, other: dict) -> bool:
+        """Whether a stored spec has this study's model, engine settings and concurrency: what decides
+        how much memory a generation needs."""
+        try:
+            engine = EngineSpec.model_validate(other.get("engine", {}))
+        except ValueError:  # written by a release with other engine settings
+            return False
+        spec = self.spec
+        return (other.get("model"), engine, other.get("concurrency", 1)) == (spec.model, spec.engine, spec.concurrency)
 
     def _propose(self, study: optuna.Study, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> bool:
         """Whether to ask Optuna for a config now; queues the controller's own choice where the sampler

@@ -39,8 +39,10 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
     # ray.init installs its own SIGTERM handler, which exits at once; the command's (cli.stoppable)
     # hands the running configs back first, so it is put back.
     on_sigterm = signal.getsignal(signal.SIGTERM)
+    # log_to_driver: the workers' and engines' output reaches this process, where the worker pool
+    # logs it (latts.workers.pool) instead of Ray printing it.
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
     else:
         # Ray's socket paths must stay short; a private folder per run keeps parallel runs apart.
         folder = Path(tempfile.mkdtemp(prefix=PREFIX, dir=ray_root()))
@@ -48,7 +50,7 @@ def init_ray(address: str | None, spec: StudySpec) -> None:
         ray.init(
             num_cpus=max(len(os.sched_getaffinity(0)), spec.workers.count),
             include_dashboard=False,
-            log_to_driver=False,
+            log_to_driver=True,
             logging_level="WARNING",
             _temp_dir=str(folder),
         )

@@ -5,11 +5,13 @@ vllm.entrypoints.openai.api_server --config FILE`, which works on the CPU build 
 does not), started from the same serving config that `latts export` writes, and every request goes
 to it over HTTP as a client of the exported config would send it. A problem's latency is therefore
 what the user's server will show: HTTP, the API server's tokenizer and detokenizer, and the engine
-core in its own process, as in production.
+core in its own process, as in production. Its output goes to a log file in the engine's folder and
+on to the worker's output (see latts.workers.supervise), which Ray forwards to `latts tune`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -38,10 +40,17 @@ SPEC_DECODE_COUNTERS = {
 }
 START_TIMEOUT_S = 900  # a cold CPU start compiles for minutes; a GPU start loads big weights
 REQUEST_TIMEOUT_S = 600
+LOG_TAIL_LINES = 200  # of an engine's own log, kept with a failed trial's full reason
+
+logger = logging.getLogger(__name__)
 
 
 class EngineStartError(RuntimeError):
-    """The server did not come up; the message holds vLLM's own last words."""
+    """The server did not come up; the message holds vLLM's own last words, `log_tail` its last lines."""
+
+    def __init__(self, message: str, log_tail: str) -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
 
 
 @dataclass(frozen=True)
@@ -57,11 +66,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _lines(log: Path) -> list[str]:
+    try:
+        return log.read_text(errors="replace").splitlines()
+    except OSError:  # the supervisor did not get as far as creating it
+        return []
+
+
+# The last line of a traceback, as vLLM's processes log it: after the process's label and, from
+# its logger, the level, time and source.
+_RAISED = re.compile(
+    r"^(?:\([\w.-]+ pid=\d+\) )?(?:[A-Z]+ [\d-]+ [\d:]+ \[[^\]]+\] )?((?:[\w.]+\.)?\w*(?:Error|Exception)\b.*)$"
+)
+
+
 def _reason(log: Path) -> str:
-    """The server's last error line, for a failed trial's reason."""
-    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    """Why a server did not start, for a failed trial's reason: the first exception it logged (the
+    root cause; vLLM's processes raise it on, wrapped, and the API server says "see root cause
+    above"), else its last error line."""
+    lines = [line.strip() for line in _lines(log) if line.strip()]
+    raised = [m.group(1) for line in lines if (m := _RAISED.match(line)) and "See root cause above" not in line]
+    if raised:
+        return raised[0][:500]
     errors = [line for line in lines if re.search(r"Error|error:|Exception", line)]
     return (errors or lines or ["(no output)"])[-1][-500:]
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of an engine's log."""
+    return "\n".join(_lines(log)[-lines:]) or "(no output)"
 
 
 def wait_until_healthy(process: subprocess.Popen, client, log: Path) -> None:
@@ -72,14 +105,14 @@ def wait_until_healthy(process: subprocess.Popen, client, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise EngineStartError(f"vLLM server exited with {process.returncode}: {_reason(log)}")
+            raise EngineStartError(f"vLLM server exited with {process.returncode}: {_reason(log)}", log_tail(log))
         try:
             if client.get("/health", timeout=5).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.5)
-    raise EngineStartError(f"vLLM server not ready after {START_TIMEOUT_S} s: {_reason(log)}")
+    raise EngineStartError(f"vLLM server not ready after {START_TIMEOUT_S} s: {_reason(log)}", log_tail(log))
 
 
 class Engine:
@@ -96,20 +129,20 @@ class Engine:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = self.folder / "server.log"
+        self.label = f"engine {label(key)} :{port}"
         started = time.perf_counter()
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                # The supervisor leads a process group with the server and its engine core, and ends
-                # the group when this worker dies, even by SIGKILL; close() ends the group too.
-                [sys.executable, "-m", "latts.workers.supervise",
-                 sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", str(self.folder / "serve.yaml"),
-                 "--host", "127.0.0.1", "--port", str(port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                # Dev mode adds /reset_prefix_cache (see forget_prompts); nothing else changes.
-                env={**os.environ, "VLLM_SERVER_DEV_MODE": "1"},
-            )
+        logger.info("%s starting", self.label)
+        self.process = subprocess.Popen(
+            # The supervisor leads a process group with the server and its engine core, and ends
+            # the group when this worker dies, even by SIGKILL; close() ends the group too. It
+            # passes the server's log on to this worker's output, labelled.
+            [sys.executable, "-m", "latts.workers.supervise", str(self.log), self.label,
+             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config", str(self.folder / "serve.yaml"),
+             "--host", "127.0.0.1", "--port", str(port)],
+            start_new_session=True,
+            # Dev mode adds /reset_prefix_cache (see forget_prompts); nothing else changes.
+            env={**os.environ, "VLLM_SERVER_DEV_MODE": "1"},
+        )
         self.client = httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT_S)
         try:
             wait_until_healthy(self.process, self.client, self.log)
@@ -117,6 +150,7 @@ class Engine:
             self.close()
             raise
         self.start_s = time.perf_counter() - started
+        logger.info("%s ready in %.1f s", self.label, self.start_s)
 
     def _complete(self, prompt: str, generation: Generation, seed: int, n: int) -> list[Sample]:
         response = self.client.post(
@@ -175,8 +209,13 @@ class Engine:
                 totals[SPEC_DECODE_COUNTERS[name]] += int(float(line.rsplit(" ", 1)[1]))
         return totals
 
+    def log_tail(self) -> str:
+        """The last lines of the server's log, headed by what it is."""
+        return f"--- last {LOG_TAIL_LINES} lines of {self.label} ({self.log}) ---\n{log_tail(self.log)}"
+
     def close(self) -> None:
         """Stop the server and its engine core (their process group), free its memory, remove its folder."""
+        logger.info("%s closing", self.label)
         self.client.close()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -186,6 +225,16 @@ class Engine:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def label(key: EngineKey) -> str:
+    """How logs name an engine: its model and what sets it apart."""
+    parts = [key.model]
+    if key.speculative_method:
+        parts.append(f"{key.speculative_method} k={key.num_speculative_tokens}")
+    if key.runner != "generate":
+        parts.append(key.runner)
+    return " ".join(parts)
 
 
 class EngineCache:
@@ -200,11 +249,20 @@ class EngineCache:
     def keys(self) -> list[EngineKey]:
         return list(self._engines)
 
+    def log_tails(self) -> list[str]:
+        """The last lines of each engine's log, most recently used first."""
+        return [engine.log_tail() for engine in reversed(self._engines.values())]
+
     def get(self, key: EngineKey) -> tuple[Engine, bool]:
         """The engine for `key` and whether it was started just now."""
         if key in self._engines:
-            self._engines.move_to_end(key)
-            return self._engines[key], False
+            if self._engines[key].process.poll() is None:
+                self._engines.move_to_end(key)
+                return self._engines[key], False
+            # It died (a crash, the OOM killer): the generation it failed has its log; start afresh.
+            dead = self._engines.pop(key)
+            logger.warning("%s had exited (code %s); starting it again", dead.label, dead.process.returncode)
+            dead.close()
         while len(self._engines) >= self.capacity:
             _, evicted = self._engines.popitem(last=False)
             evicted.close()

@@ -1,10 +1,21 @@
-"""Ray actors that hold engines and run whole generations, and the pool the controller drives them through."""
+"""Ray actors that hold engines and run whole generations, and the pool the controller drives them through.
+
+A generation that fails comes back with a one-line reason and its full text: the traceback, the
+tail of its engines' own logs, or what Ray said about a worker that died, with the last lines that
+worker wrote. Everything the workers and their engines write reaches the controller's logging
+(logger `latts.workers.remote`), forwarded by Ray.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import sys
+import threading
 import time
+import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,14 +25,30 @@ from latts.core.records import Branch, EngineKey, FilledProblem, GenerationPlan,
 from latts.core.spec import StudySpec
 from latts.problems import Problem, extract_boxed
 from latts.workers import hardware
-from latts.workers.engine import EngineCache, Sample
+from latts.workers.engine import LOG_TAIL_LINES, EngineCache, Sample
+from latts.workers.engine import label as engine_label
 
 # The core of a worker's slice left to its actor, engine server and engine core (see worker_env).
 CONTROL_CORE = "LATTS_CONTROL_CORE"
+OUTPUT_TAIL_LINES = 200  # of what a worker wrote, kept with the full reason when it dies
+# Cgroup files that count the kernel OOM killer's kills: cgroup v2, then v1.
+OOM_KILL_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+logger = logging.getLogger(__name__)
+# What the workers and their engines wrote, forwarded by Ray to the controller.
+remote = logging.getLogger("latts.workers.remote")
 
 
 class TrialFailed(Exception):
-    """A generation that could not be measured; the message is its one-line reason."""
+    """A generation that could not be measured: its one-line reason and its full text."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)  # Ray pickles the arguments
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class EngineWorker:
@@ -30,6 +57,13 @@ class EngineWorker:
     def __init__(self, name: str, spec: StudySpec, problems: list[Problem]) -> None:
         if CONTROL_CORE in os.environ:  # see worker_env
             os.sched_setaffinity(0, {int(os.environ[CONTROL_CORE])})
+        # Ray forwards this process's output to the controller, where it reaches the study's log.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        ours = logging.getLogger("latts")
+        ours.addHandler(handler)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False  # once, whatever handlers Ray gave the root logger
         import ray
 
         # Host and Ray node: several nodes can share a host (and do, in tests), and a trial row should
@@ -39,15 +73,38 @@ class EngineWorker:
         self.problems = problems
         self.cache = EngineCache(spec.workers.engines_per_worker, spec.engine, spec.seed)
 
+    def __repr__(self) -> str:
+        return self.name  # Ray labels this actor's forwarded output with it
+
     def detect_hardware(self) -> dict[str, Any]:
         return hardware.detect()
 
     def run_generation(self, plan: GenerationPlan) -> GenerationResult:
+        what = f"generation B={plan.generation.branches} on {engine_label(plan.engine)}"
+        oom_kills = _oom_kills()
+        logger.info("%s starting", what)
         try:
-            return self._run(plan)
+            result = self._run(plan)
         except Exception as exc:
-            # Ray must pickle what a task raises, and vLLM's errors do not always pickle.
-            raise TrialFailed(_reason(exc)) from None
+            reason = _reason(exc)
+            logger.warning("%s failed: %s", what, reason)
+            # Ray must pickle what a task raises, and vLLM's errors do not always pickle: text only.
+            raise TrialFailed(reason, self._detail(exc, oom_kills)) from None
+        logger.info("%s done", what)
+        return result
+
+    def _detail(self, exc: Exception, oom_kills_before: int | None) -> str:
+        """A failure's full text: the traceback, the kernel's OOM kills meanwhile, the engines' last lines."""
+        parts = ["".join(traceback.format_exception(exc)).rstrip()]
+        kills = _oom_kills()
+        if kills is not None and oom_kills_before is not None and kills > oom_kills_before:
+            # An engine process (the largest one here) killed by the kernel shows only as a lost
+            # connection; the cgroup's counter says why.
+            parts.append(f"kernel OOM killer: {kills - oom_kills_before} process(es) killed in this worker's memory cgroup while it ran")
+        tail = getattr(exc, "log_tail", None)  # an engine that did not start: its log, its folder gone
+        parts += [f"--- last {LOG_TAIL_LINES} lines of the engine that did not start ---\n{tail}"] if tail else []
+        parts += self.cache.log_tails()
+        return "\n\n".join(parts)
 
     def _branches(self, verifier, prompt: str, samples: list[Sample]) -> tuple[Branch, ...]:
         scores = verifier.score(prompt, [s.text for s in samples]) if verifier else [None] * len(samples)
@@ -190,6 +247,7 @@ class Finished:
     generation_id: int
     result: GenerationResult | None
     error: str | None  # one line, when the generation failed
+    detail: str | None = None  # its full text: traceback, engine log, Ray's words
 
 
 class WorkerPool:
@@ -200,9 +258,24 @@ class WorkerPool:
 
         self._ray = ray
         self.spec = spec
+        self._output: dict[str, deque[str]] = {}  # each worker's last lines, by its name
+        self._output_lock = threading.Lock()  # Ray's log thread fills them
+        _forward_output(self._forwarded)
         self._problems = ray.put(problems)
         self._remote = ray.remote(EngineWorker)
         self._slots = [self._start(i) for i in range(spec.workers.count)]
+
+    def _forwarded(self, data: dict[str, Any]) -> None:
+        """Lines a worker (or Ray itself) wrote, as Ray's log monitor forwards them: logged, and the
+        workers' last lines kept for the full reason of a worker that dies."""
+        source = data.get("actor_name") or data.get("task_name") or str(data.get("pid"))
+        lines = data.get("lines", [])
+        if data.get("pid") == "autoscaler":  # its status report every few seconds; Ray shows only its events
+            lines = [line.split(":event_summary:", 1)[1] for line in lines if ":event_summary:" in line]
+        for line in lines:
+            remote.info("(%s, %s pid=%s) %s", source, data.get("ip"), data.get("pid"), line)
+        with self._output_lock:
+            self._output.setdefault(source, deque(maxlen=OUTPUT_TAIL_LINES)).extend(lines)
 
     def _start(self, index: int) -> _Slot:
         actor = self._remote.options(
@@ -214,6 +287,12 @@ class WorkerPool:
             scheduling_strategy="SPREAD",
         ).remote(f"worker-{index}", self.spec, self._problems)
         return _Slot(index, actor)
+
+    def _last_words(self, slot: _Slot) -> str:
+        """What the worker in `slot` wrote last (its name is the slot's, on any host)."""
+        with self._output_lock:
+            lines = [line for name, tail in self._output.items() if name.startswith(f"worker-{slot.index}@") for line in tail]
+        return f"--- last {OUTPUT_TAIL_LINES} lines the worker wrote ---\n" + "\n".join(lines[-OUTPUT_TAIL_LINES:])
 
     def detect_hardware(self) -> dict[str, Any]:
         """What the workers run on (the controller may sit on another machine)."""
@@ -258,17 +337,24 @@ class WorkerPool:
             try:
                 finished.append(Finished(generation_id, ray.get(ref), None))
                 slot.running = None
-            except ray.exceptions.RayActorError as exc:
-                finished.append(Finished(generation_id, None, f"worker died: {_reason(exc)}"))
-                self._replace(slot)
             except ray.exceptions.RayTaskError as exc:  # it raised inside the worker: engine start, OOM...
                 cause = exc.cause
-                finished.append(Finished(generation_id, None, str(cause) if isinstance(cause, TrialFailed) else _reason(exc)))
+                if isinstance(cause, TrialFailed):
+                    finished.append(Finished(generation_id, None, cause.reason, cause.detail))
+                else:
+                    finished.append(Finished(generation_id, None, _reason(exc), str(exc)))
                 slot.running = None
+            except ray.exceptions.RayError as exc:  # the worker died (its node, the OOM killer, Ray's memory monitor)
+                reason = f"worker died: {_reason(exc)}"
+                logger.warning("%s; replacing it", reason)
+                finished.append(Finished(generation_id, None, reason, f"{exc}\n\n{self._last_words(slot)}"))
+                self._replace(slot)
         now = time.monotonic()
         for slot in self._slots:
             if slot.running and now - slot.running[2] > self.spec.trial_timeout_s:
-                finished.append(Finished(slot.running[0], None, f"timeout after {self.spec.trial_timeout_s:g} s"))
+                reason = f"timeout after {self.spec.trial_timeout_s:g} s"
+                logger.warning("%s; replacing its worker", reason)
+                finished.append(Finished(slot.running[0], None, reason, f"{reason}\n\n{self._last_words(slot)}"))
                 ray.kill(slot.actor)
                 self._replace(slot)
         return finished
@@ -286,6 +372,30 @@ class WorkerPool:
     def shutdown(self) -> None:
         for slot in self._slots:
             self._ray.kill(slot.actor)
+        _forward_output(None)
+
+
+def _forward_output(handler) -> None:
+    """Hand what Ray forwards from the workers to `handler` instead of printing it on the terminal
+    (stdout carries tune's tables); None drops it. Ray's hook for this is internal; latts pins
+    Ray's version (pyproject.toml)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    for name in ("ray_print_logs", "latts"):
+        dispatcher.remove_handler(name)
+    if handler is not None:
+        dispatcher.add_handler("latts", handler)
+
+
+def _oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed in this process's memory cgroup, where it says."""
+    for path in OOM_KILL_COUNTERS:
+        try:
+            with open(path) as counters:
+                return next(int(line.split()[1]) for line in counters if line.startswith("oom_kill "))
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue
+    return None
 
 
 def _reason(exc: BaseException) -> str:
