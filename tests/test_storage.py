@@ -173,7 +173,11 @@ def test_interrupt_running_spares_live_controllers_and_claims_each_row_once(repo
     kept = repo.start_trial("s1", 0, config(1), repo.start_generation("s1", config(1).generation(), live))
     lost = repo.start_trial("s1", 1, config(2), repo.start_generation("s1", config(2).generation(), dead))
     old = repo.start_trial("s1", 2, config(4), repo.start_generation("s1", config(4).generation()))  # before leases
-    assert {t.id for t in repo.interrupt_running("s1", "interrupted", keep={live})} == {lost, old}
+    # Killed between storing its generation and its trial: the trial is still the dead one's to give back.
+    stored = repo.start_generation("s1", config(8).generation(), dead)
+    half = repo.start_trial("s1", 3, config(8), stored)
+    repo.finish_generation(stored, make_result([0.1], [True]))
+    assert {t.id for t in repo.interrupt_running("s1", "interrupted", keep={live})} == {lost, old, half}
     assert repo.interrupt_running("s1", "interrupted", keep={live}) == []  # claimed already: queued once
     assert [t.id for t in repo.running_trials("s1")] == [kept]
     assert repo.stop_controllers([dead, live]) == [dead, live] and repo.stop_controllers([dead]) == []

@@ -746,16 +746,17 @@ class Repository:
         with self._transaction() as s:
             study_id = self._study_id(s, study)
             leased = GenerationRow.controller_id.in_(keep) if keep else literal(False)
-            orphaned = select(GenerationRow.id).where(
-                GenerationRow.study_id == study_id, GenerationRow.state == TrialState.RUNNING, ~func.coalesce(leased, False)
-            )
-            generation_ids = list(s.scalars(orphaned))
+            # A stored generation too: its controller may have died between storing it and its trials.
+            orphaned = s.execute(
+                select(GenerationRow.id, GenerationRow.state).where(GenerationRow.study_id == study_id, ~func.coalesce(leased, False))
+            ).all()
+            generation_ids = [gid for gid, state in orphaned if state == TrialState.RUNNING]
             trial_ids = list(
                 s.scalars(
                     select(Trial.id).where(
                         Trial.study_id == study_id,
                         Trial.state == TrialState.RUNNING,
-                        (Trial.generation_id.in_(generation_ids)) | Trial.generation_id.is_(None),
+                        (Trial.generation_id.in_([gid for gid, _ in orphaned])) | Trial.generation_id.is_(None),
                     )
                 )
             )
