@@ -4,7 +4,6 @@ server, and a study spread over both nodes that goes on when one of them dies mi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ import yaml
 
 from latts.core.records import TrialState
 from latts.storage import Repository
+from latts.workers.engine import free_port
 from tests.conftest import pg_schema_url, run_latts
 
 pytestmark = pytest.mark.engine
@@ -34,12 +34,6 @@ SPEC = {
     "workers": {"count": 2, "engines_per_worker": 1},
     "race": {"finalists": 0},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -347,7 +347,7 @@ def submit(
     url = make_url(storage_url(storage, spec.storage))
     if url.get_backend_name() == "sqlite":
         raise UsageError(
-            f"--storage {url.render_as_string(hide_password=True)} is a file on this machine; the job runs on the "
+            f"--storage {redact(str(url))} is a file on this machine; the job runs on the "
             "cluster's head node: give a database it reaches, e.g. postgresql+psycopg://USER@HOST:5432/DB"
         )
     from ray.job_submission import JobSubmissionClient
@@ -371,7 +371,7 @@ def submit(
                 if "try again later" not in str(exc) or time.monotonic() > deadline:
                     raise UsageError(f"--ray-address {ray_address}: the job server refused the job: {first_line(exc)}") from None
                 time.sleep(2)
-    shown = url.render_as_string(hide_password=True)
+    shown = redact(str(url))
     out.print(f"submitted study {spec.study} as Ray job {job}", markup=False)
     out.print(f"follow it:  ray job logs --follow {job} --address {ray_address}", markup=False)
     out.print(f"its trials: latts status --study {spec.study} --storage '{shown}'", markup=False)

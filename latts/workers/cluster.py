@@ -86,17 +86,14 @@ def _holding(folder: Path) -> list[int]:
     return found
 
 
-def reap_orphans() -> list[int]:
-    """Kill what the local Ray clusters of dead controllers left running; remove their folders. The pids killed."""
-    killed = []
+def reap_orphans() -> None:
+    """Kill what the local Ray clusters of dead controllers left running; remove their folders."""
     for folder in sorted(ray_root().glob(PREFIX + "*")):
         if not folder.is_dir() or _owner_alive(folder):
             continue
         for pid in _holding(folder):
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except OSError:
+            except OSError:  # gone meanwhile
                 pass
         shutil.rmtree(folder, ignore_errors=True)
-    return killed
