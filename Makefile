@@ -19,4 +19,4 @@ demo: install
 	$(VENV)/bin/latts tune examples/quickstart.yaml
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests

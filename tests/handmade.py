@@ -111,8 +111,7 @@ def make_study(url: str, folder: Path, name: str = "hand", trials: tuple[HandTri
 def store_trials(repo: Repository, study: str, trials: tuple[HandTrial, ...]) -> None:
     """Trials 0, 1, ... of an existing study, as the controller would have stored them (accuracy measured)."""
     for number, trial in enumerate(trials):
-        generation_id = repo.start_generation(study, trial.config.generation())
-        trial_id = repo.start_trial(study, number, trial.config, generation_id)
+        generation_id, trial_id = repo.claim(study, number, trial.config, None)
         if trial.fail_reason:
             repo.fail_generation(generation_id, trial.fail_reason)
             repo.fail_trial(trial_id, trial.fail_reason)

@@ -60,8 +60,7 @@ PROBLEMS = [Problem(f"arith-{i}", f"Q: {i}", str(i)) for i in range(10)]
 
 def store(repo, number, config_, result, study="s1") -> TrialSummary:
     """A generation and its config stored as the controller stores them (accuracy measured on the timed problems)."""
-    generation_id = repo.start_generation(study, config_.generation())
-    trial_id = repo.start_trial(study, number, config_, generation_id)
+    generation_id, trial_id = repo.claim(study, number, config_, None)
     repo.finish_generation(generation_id, result)
     return repo.complete_trial(trial_id, evaluate(config_, result.timed, PROBLEMS, {}))
 
@@ -77,8 +76,7 @@ def test_round_trip(repo):
     assert repo.study_spec("s1") == SPEC
     assert repo.study_spec("nope") is None
 
-    generation_id = repo.start_generation("s1", CONFIG.generation())
-    trial_id = repo.start_trial("s1", 0, CONFIG, generation_id)
+    generation_id, trial_id = repo.claim("s1", 0, CONFIG, None)
     [running] = repo.running_trials("s1")
     assert (running.id, running.state, running.config, running.accuracy) == (trial_id, "RUNNING", CONFIG, None)
 
@@ -107,8 +105,7 @@ def test_round_trip(repo):
 
 def test_fail_trial_records_reason_and_no_numbers(repo):
     setup_study(repo)
-    generation_id = repo.start_generation("s1", CONFIG.generation())
-    trial_id = repo.start_trial("s1", 3, CONFIG, generation_id)
+    generation_id, trial_id = repo.claim("s1", 3, CONFIG, None)
     repo.fail_generation(generation_id, "engine out of memory")
     repo.fail_trial(trial_id, "engine out of memory")
     [failed] = repo.trials("s1")
@@ -124,17 +121,17 @@ def test_fail_trial_records_reason_and_no_numbers(repo):
     with pytest.raises(StorageError, match="does not exist"):
         repo.trial(trial_id + 1000)
     # A failed generation may run again; a running or measured one may not start twice.
-    again = repo.start_generation("s1", CONFIG.generation())
+    again, _ = repo.claim("s1", 4, CONFIG, None)
     with pytest.raises(StorageError, match="already running or measured"):
-        repo.start_generation("s1", CONFIG.generation())
+        repo.claim("s1", 5, CONFIG, None)
     repo.finish_generation(again, make_result([0.1], [True]))
     with pytest.raises(StorageError, match="already running or measured"):
-        repo.start_generation("s1", CONFIG.generation())
+        repo.claim("s1", 5, CONFIG, None)
 
 
 def test_finish_generation_is_all_or_nothing(repo):
     setup_study(repo)
-    generation_id = repo.start_generation("s1", CONFIG.generation())
+    generation_id, _ = repo.claim("s1", 0, CONFIG, None)
     result = make_result([0.1, 0.2, 0.3], [True, False, True])
     result.timed[2] = result.timed[0]  # duplicate problem index: the third row insert fails
     with pytest.raises(StorageError, match="each problem index must appear once"):
@@ -170,12 +167,11 @@ def test_a_config_runs_once_per_study_whoever_starts_it(repo):
 def test_interrupt_running_spares_live_controllers_and_claims_each_row_once(repo):
     setup_study(repo)
     live, dead = (repo.register_controller("s1", name, "host", 1) for name in ("live", "dead"))
-    kept = repo.start_trial("s1", 0, config(1), repo.start_generation("s1", config(1).generation(), live))
-    lost = repo.start_trial("s1", 1, config(2), repo.start_generation("s1", config(2).generation(), dead))
-    old = repo.start_trial("s1", 2, config(4), repo.start_generation("s1", config(4).generation()))  # before leases
+    _, kept = repo.claim("s1", 0, config(1), live)
+    _, lost = repo.claim("s1", 1, config(2), dead)
+    _, old = repo.claim("s1", 2, config(4), None)  # before leases
     # Killed between storing its generation and its trial: the trial is still the dead one's to give back.
-    stored = repo.start_generation("s1", config(8).generation(), dead)
-    half = repo.start_trial("s1", 3, config(8), stored)
+    stored, half = repo.claim("s1", 3, config(8), dead)
     repo.finish_generation(stored, make_result([0.1], [True]))
     assert {t.id for t in repo.interrupt_running("s1", "interrupted", keep={live})} == {lost, old, half}
     assert repo.interrupt_running("s1", "interrupted", keep={live}) == []  # claimed already: queued once
@@ -237,8 +233,7 @@ def test_losslessness_verdicts(repo):
 
     setup_study(repo)
     baseline = store(repo, 0, config(4), make_result([0.1], [True]))
-    generation_id = repo.start_generation("s1", CONFIG.generation())
-    speculative = repo.start_trial("s1", 1, CONFIG, generation_id)
+    generation_id, speculative = repo.claim("s1", 1, CONFIG, None)
     assert repo.trial(speculative).lossless == Losslessness("untested")  # speculative, running
     repo.finish_generation(generation_id, make_result([0.1], [True], vllm_cpu_fix="applied"))
     assert baseline.lossless is None  # nothing to check without speculation

@@ -455,24 +455,6 @@ class Repository:
 
     # ------------------------------------------------------------------ generations
 
-    def start_generation(self, study: str, generation: Generation, controller_id: int | None = None) -> int:
-        """A generation about to run, leased to `controller_id`; Taken while the same one runs or has
-        completed in this study (the database's unique index decides between racing controllers)."""
-        try:
-            with self._transaction() as s:
-                row = GenerationRow(
-                    study_id=self._study_id(s, study),
-                    key=generation.key(),
-                    generation=generation.to_dict(),
-                    state=TrialState.RUNNING,
-                    controller_id=controller_id,
-                )
-                s.add(row)
-                s.flush()
-                return row.id
-        except IntegrityError:
-            raise Taken(f"generation {generation.key()} of study '{study}' is already running or measured") from None
-
     def _running_generation(self, s: Session, generation_id: int) -> GenerationRow:
         row = s.scalar(select(GenerationRow).where(GenerationRow.id == generation_id).with_for_update())
         if row is None:

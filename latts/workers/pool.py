@@ -31,6 +31,8 @@ from latts.workers.engine import label as engine_label
 # The core of a worker's slice left to its actor, engine server and engine core (see worker_env).
 CONTROL_CORE = "LATTS_CONTROL_CORE"
 OUTPUT_TAIL_LINES = 200  # of what a worker wrote, kept with the full reason when it dies
+# Workers a generation may be handed to when each died before it started (see WorkerPool.wait).
+START_ATTEMPTS = 3
 # Cgroup files that count the kernel OOM killer's kills: cgroup v2, then v1.
 OOM_KILL_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
@@ -234,12 +236,22 @@ def worker_env(spec: StudySpec, index: int) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class _Running:
+    generation_id: int
+    plan: GenerationPlan
+    ref: Any  # what run_generation returns
+    started: float  # time.monotonic()
+    attempt: int = 1  # the workers it was handed to (one more each time a worker died before starting)
+
+
 @dataclass
 class _Slot:
     index: int
     actor: Any
+    ready: Any  # resolves once the actor runs, raises if it never did
     keys: list[EngineKey] = field(default_factory=list)
-    running: tuple[int, Any, float] | None = None  # (generation id, object ref, start time)
+    running: _Running | None = None
 
 
 @dataclass(frozen=True)
@@ -286,7 +298,7 @@ class WorkerPool:
             # and a replacement goes wherever there is room left.
             scheduling_strategy="SPREAD",
         ).remote(f"worker-{index}", self.spec, self._problems)
-        return _Slot(index, actor)
+        return _Slot(index, actor, actor.__ray_ready__.remote())
 
     def _last_words(self, slot: _Slot) -> str:
         """What the worker in `slot` wrote last (its name is the slot's, on any host)."""
@@ -308,9 +320,13 @@ class WorkerPool:
         # Prefer the worker that already holds the plan's engine, then the most of the others it uses:
         # an engine start costs seconds to minutes.
         slot = max(idle, key=lambda s: (plan.engine in s.keys, sum(k in s.keys for k in keys), -len(s.keys)))
+        self._hand(slot, generation_id, plan, attempt=1)
+
+    def _hand(self, slot: _Slot, generation_id: int, plan: GenerationPlan, attempt: int) -> None:
         ref = slot.actor.run_generation.remote(plan)
-        slot.running = (generation_id, ref, time.monotonic())
+        slot.running = _Running(generation_id, plan, ref, time.monotonic(), attempt)
         # The worker's engine cache is least-recently-used over all of them: mirror it.
+        keys = self._engines(plan)
         slot.keys = [k for k in slot.keys if k not in keys] + keys
         del slot.keys[: -self.spec.workers.engines_per_worker]
 
@@ -326,14 +342,14 @@ class WorkerPool:
     def wait(self, timeout_s: float = 1.0) -> list[Finished]:
         """Generations that ended within `timeout_s`; a dead or overdue worker is replaced."""
         ray = self._ray
-        running = {slot.running[1]: slot for slot in self._slots if slot.running}
+        running = {slot.running.ref: slot for slot in self._slots if slot.running}
         if not running:
             return []
         ready, _ = ray.wait(list(running), num_returns=len(running), timeout=timeout_s)
         finished = []
         for ref in ready:
             slot = running[ref]
-            generation_id = slot.running[0]
+            generation_id = slot.running.generation_id
             try:
                 finished.append(Finished(generation_id, ray.get(ref), None))
                 slot.running = None
@@ -345,16 +361,24 @@ class WorkerPool:
                     finished.append(Finished(generation_id, None, _reason(exc), str(exc)))
                 slot.running = None
             except ray.exceptions.RayError as exc:  # the worker died (its node, the OOM killer, Ray's memory monitor)
+                if not self._came_up(slot) and slot.running.attempt < START_ATTEMPTS:
+                    # It died before it ran at all: Ray placed it on a node that was already dying,
+                    # which it has not noticed yet (seconds). Nothing was measured: run it elsewhere.
+                    logger.warning("worker-%d died before it started (%s); handing its generation to another", slot.index, _reason(exc))
+                    lost = slot.running
+                    self._replace(slot)
+                    self._hand(self._slots[slot.index], generation_id, lost.plan, lost.attempt + 1)
+                    continue
                 reason = f"worker died: {_reason(exc)}"
                 logger.warning("%s; replacing it", reason)
                 finished.append(Finished(generation_id, None, reason, f"{exc}\n\n{self._last_words(slot)}"))
                 self._replace(slot)
         now = time.monotonic()
         for slot in self._slots:
-            if slot.running and now - slot.running[2] > self.spec.trial_timeout_s:
+            if slot.running and now - slot.running.started > self.spec.trial_timeout_s:
                 reason = f"timeout after {self.spec.trial_timeout_s:g} s"
                 logger.warning("%s; replacing its worker", reason)
-                finished.append(Finished(slot.running[0], None, reason, f"{reason}\n\n{self._last_words(slot)}"))
+                finished.append(Finished(slot.running.generation_id, None, reason, f"{reason}\n\n{self._last_words(slot)}"))
                 ray.kill(slot.actor)
                 self._replace(slot)
         return finished
@@ -365,6 +389,16 @@ class WorkerPool:
         while not (finished := self.wait(timeout_s=1.0)):
             pass
         return finished[0]
+
+    def _came_up(self, slot: _Slot) -> bool:
+        """Whether the actor in `slot` ever ran (its constructor finished)."""
+        if not self._ray.wait([slot.ready], timeout=0)[0]:
+            return False
+        try:
+            self._ray.get(slot.ready)
+            return True
+        except self._ray.exceptions.RayError:
+            return False
 
     def _replace(self, slot: _Slot) -> None:
         self._slots[slot.index] = self._start(slot.index)
