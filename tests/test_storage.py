@@ -249,12 +249,19 @@ def test_the_pool_keeps_each_draw_once_with_its_scores(repo):
     a = Branch("\\boxed{1}", "1", 2, (-0.5, float("-inf")), 0.9)
     b = Branch("\\boxed{2}", "2", 1, (-0.1,))
     repo.add_pool_samples("pool-x", [PoolDraw("sha1", 7, 0, a), PoolDraw("sha1", 7, 1, b)], verifier="v")
-    repo.add_pool_samples("pool-x", [PoolDraw("sha1", 7, 0, a), PoolDraw("sha2", 8, 0, b)], verifier="v")  # a again
+    versions = [repo.pool_version("pool-x", "v")]
+    repo.add_pool_samples("pool-x", [PoolDraw("sha1", 7, 0, a)], verifier="v")  # a again: nothing new
+    versions.append(repo.pool_version("pool-x", "v"))
+    repo.add_pool_samples("pool-x", [PoolDraw("sha1", 7, 0, a), PoolDraw("sha2", 8, 0, b)], verifier="v")
+    versions.append(repo.pool_version("pool-x", "v"))
     repo.add_pool_samples("pool-y", [PoolDraw("sha1", 7, 0, b)])  # another model or sampling: another pool
+    versions.append(repo.pool_version("pool-x", "v"))
+    assert versions[0] == versions[1] != versions[2] == versions[3]  # a reader may keep what it read until it changes
     found = repo.pool_samples("pool-x", ["sha1", "sha2", "sha3"], verifier="v")
     assert [s.branch for s in found["sha1"]] == [a, b] and found["sha3"] == []
     assert [s.branch.answer for s in found["sha2"]] == ["2"] and found["sha2"][0].branch.verifier_score is None
     repo.add_pool_scores("v", {found["sha2"][0].id: 0.25})
+    assert repo.pool_version("pool-x", "v") != versions[3] and repo.pool_version("pool-x") == versions[3][:2]
     assert repo.pool_samples("pool-x", ["sha2"], verifier="v")["sha2"][0].branch.verifier_score == 0.25
     assert repo.pool_samples("pool-x", ["sha1"])["sha1"][0].branch.verifier_score is None  # no verifier asked for
     assert [s.branch for s in repo.pool_samples("pool-y", ["sha1"])["sha1"]] == [Branch(b.text, b.answer, b.n_tokens, b.token_logprobs)]

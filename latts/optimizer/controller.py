@@ -52,6 +52,7 @@ from latts.core.records import (
     GenerationResult,
     GenerationSummary,
     PoolDraw,
+    PooledSample,
     TrialNumbers,
     TrialState,
     TrialSummary,
@@ -187,6 +188,7 @@ class Controller:
         self._owed = 0  # configs the controller picks at random before the sampler chooses again
         self._problems: list[Problem] = []
         self._shas: list[str] = []
+        self._pools: dict[tuple[str, str | None], tuple[tuple, dict[str, list[PooledSample]]]] = {}  # read, by version
         self.budgets: list[float] = []  # in seconds; relative ones join once the reference config is measured
         self._controller: tuple[int, str] | None = None  # this controller's id and name, while it runs
         self._elsewhere: dict[str, int] = {}  # configs other controllers of the study run now -> their trial numbers
@@ -624,7 +626,7 @@ class Controller:
         fill: list[tuple[int, int, int]] = []
         score: list[tuple[int, int, str]] = []
         if spec.sample_pool and not timing_only:
-            pooled = self.repo.pool_samples(self._pool_key(generation), self._shas, generation.verifier)
+            pooled = self._pool(generation)
             # An engine without speculation adds its timed branches to the pool; a speculative one
             # only once it proved lossless, so its probes are topped up too.
             adds = {index: generation.branches for index in probes} if generation.speculative_method is None else {}
@@ -686,9 +688,18 @@ class Controller:
         baseline = min(trials, key=lambda t: (-t.config.branches, t.number), default=None)
         return baseline.number if baseline else None
 
+    def _pool(self, generation: Generation) -> dict[str, list[PooledSample]]:
+        """The generation's pool, every problem's samples, with its verifier's scores: read again only
+        once it changed (every config is scored on it, and a pool holds thousands of samples)."""
+        key = (self._pool_key(generation), generation.verifier)
+        version = self.repo.pool_version(*key)
+        if key not in self._pools or self._pools[key][0] != version:
+            self._pools[key] = (version, self.repo.pool_samples(key[0], self._shas, key[1]))
+        return self._pools[key][1]
+
     def _pooled(self, generation: Generation, indices: list[int], scored_only: bool = True) -> dict[int, list[Branch]]:
         """Pooled samples of these problems (with the generation's verifier scores where it has one)."""
-        found = self.repo.pool_samples(self._pool_key(generation), [self._shas[i] for i in indices], generation.verifier)
+        found = self._pool(generation)
         keep = (lambda b: b.verifier_score is not None) if generation.verifier and scored_only else (lambda b: True)
         return {i: [s.branch for s in found[self._shas[i]] if keep(s.branch)] for i in indices}
 

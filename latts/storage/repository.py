@@ -820,17 +820,27 @@ class Repository:
         """Each prompt's pooled samples in pool order, with `verifier`'s score where it has one."""
         shas = list(dict.fromkeys(prompt_shas))
         score = select(PoolScore.score).where(PoolScore.sample_id == PoolSample.id, PoolScore.verifier == verifier)
+        # Columns, not ORM objects: a pool holds thousands of samples, read after every generation.
+        columns = (PoolSample.id, PoolSample.prompt_sha, PoolSample.text, PoolSample.answer, PoolSample.n_tokens, PoolSample.token_logprobs)
         query = (
-            select(PoolSample, score.scalar_subquery() if verifier else literal(None))
+            select(*columns, score.scalar_subquery() if verifier else literal(None))
             .where(PoolSample.pool == pool, PoolSample.prompt_sha.in_(shas))
             .order_by(PoolSample.id)
         )
         found: dict[str, list[PooledSample]] = {sha: [] for sha in shas}
         with self._transaction() as s:
-            for row, verifier_score in s.execute(query):
-                branch = Branch(row.text, row.answer, row.n_tokens, tuple(float(x) for x in row.token_logprobs), verifier_score)
-                found[row.prompt_sha].append(PooledSample(row.id, branch))
+            for sample_id, sha, text, answer, n_tokens, logprobs, verifier_score in s.execute(query):
+                found[sha].append(PooledSample(sample_id, Branch(text, answer, n_tokens, tuple(map(float, logprobs)), verifier_score)))
         return found
+
+    def pool_version(self, pool: str, verifier: str | None = None) -> tuple[int | None, ...]:
+        """Changes whenever the pool's samples, or `verifier`'s scores, do: what was read before stays
+        true until then."""
+        with self._transaction() as s:
+            version = tuple(s.execute(select(func.count(PoolSample.id), func.max(PoolSample.id)).where(PoolSample.pool == pool)).one())
+            if verifier:
+                version += tuple(s.execute(select(func.count(PoolScore.id), func.max(PoolScore.id)).where(PoolScore.verifier == verifier)).one())
+        return version
 
     def studies(self) -> list[StudyInfo]:
         return self._studies(None)
