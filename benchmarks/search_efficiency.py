@@ -46,7 +46,7 @@ from sqlalchemy.engine import make_url
 from latts.aggregation import RULES
 from latts.core.records import TrialState, TrialSummary
 from latts.core.spec import parse_spec
-from latts.optimizer.controller import Controller
+from latts.optimizer.controller import Controller, TuneState
 from latts.optimizer.frontier import best_within
 from latts.optimizer.replay import LABEL, ReplayWorkers
 from latts.storage import Repository, redact
@@ -80,14 +80,20 @@ def missing_generations(repo: Repository, source: str) -> list[str]:
     return [c.label() for c in configs if c.generation().key() not in finished]
 
 
-def replay(repo: Repository, url: str, source: str, sampler: str, seed: int) -> list[TrialSummary]:
-    """Search the source's space again with `sampler`, answered from storage; its trials in measuring order."""
+def replay(repo: Repository, url: str, source: str, sampler: str, seed: int, until: set[str] | None = None) -> list[TrialSummary]:
+    """Search the source's space again with `sampler`, answered from storage; its trials in measuring
+    order. The whole space, or until every config in `until` (keys) is measured."""
     stored = repo.study_spec(source)
     name = f"replay-{source}-{sampler}-{seed}"
     grid = len(parse_spec(stored).search_space.points())
     spec = parse_spec({**stored, "study": name, "sampler": sampler, "n_trials": grid, "race": {**stored.get("race", {}), "finalists": 0}})
     controller = Controller(spec, repo, url, workers=lambda s, _: ReplayWorkers(repo, source, s.workers.count), sampler_seed=seed)
-    controller.run(None)
+
+    def stop_once_found(state: TuneState) -> None:
+        if until and until <= {t.config.key() for t in repo.trials(name)}:
+            state.stopped = True
+
+    controller.run(None, stop_once_found)
     return repo.trials(name)
 
 
@@ -98,7 +104,7 @@ def compare(repo: Repository, url: str, source: str, samplers: Sequence[str], se
     targets = best_configs(landscape, repo.study(landscape[0].study).budgets_s or [], spec.latency_statistic)
 
     def needed(sampler: str, seed: int) -> int | None:
-        return trials_needed([t.config.key() for t in replay(repo, url, source, sampler, seed)], targets)
+        return trials_needed([t.config.key() for t in replay(repo, url, source, sampler, seed, until=targets)], targets)
 
     return {sampler: [needed(sampler, seed) for seed in seeds] for sampler in samplers}
 
@@ -120,8 +126,15 @@ def landscape_specs() -> list[dict]:
         ],
         "aggregator": [name for name, rule in RULES.items() if not rule.needs_verifier],
     }
-    # Two latency rounds and two cached engines: 119 generations on 2 cores within the hour.
-    large = {**quickstart, "search_space": large_space, "latency_rounds": 2, "workers": {**quickstart["workers"], "engines_per_worker": 2}}
+    # Two probes timed once, two cached engines (the speculative one and the pool's filler): 119
+    # generations on demo:target-xl, up to 64 branches each, on 2 cores.
+    large = {
+        **quickstart,
+        "search_space": large_space,
+        "latency_probes": 2,
+        "latency_rounds": 1,
+        "workers": {**quickstart["workers"], "engines_per_worker": 2},
+    }
     specs = []
     for study, spec in (("landscape-quickstart", quickstart), ("landscape-large", large)):
         grid = len(parse_spec(spec).search_space.points())

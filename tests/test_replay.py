@@ -89,3 +89,11 @@ def test_strategies_are_compared_on_the_replayed_study(tmp_path):
     needed = compare(repo, url, "src", ["random", "greedy"], seeds=[0, 1])
     assert all(n is not None and len(targets) <= n <= 6 for n in needed["random"])
     assert needed["greedy"][0] == needed["greedy"][1]  # deterministic
+
+
+def test_a_replay_told_what_to_find_stops_once_it_is_measured(tmp_path):
+    (tmp_path / "whole").mkdir(), (tmp_path / "cut").mkdir()
+    whole = replay(*measure_source(tmp_path / "whole"), "src", "random", seed=5)
+    target = whole[2].config.key()
+    found = replay(*measure_source(tmp_path / "cut"), "src", "random", seed=5, until={target})
+    assert [t.config.key() for t in found] == [t.config.key() for t in whole[:3]]  # the same search, cut there

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from latts.core.statistics import answer_shift_p_value, latency_stats, mean_acceptance_length, wilson_interval
+from latts.core.statistics import answer_shift_p_value, latency_stats, mean_acceptance_length, random_subsets, wilson_interval
 
 Z = 1.959964
 
@@ -97,3 +97,16 @@ def test_answer_shift_edge_cases():
     assert answer_shift_p_value([["1"] * 8], [["2"] * 8], permutations=99) == pytest.approx(1 / 100)
     with pytest.raises(ValueError, match="same problems"):
         answer_shift_p_value([["1"]], [["1"], ["2"]])
+
+
+def test_random_subsets_draw_every_subset_equally_often():
+    rows = random_subsets(6, 3, 40_000, np.random.default_rng(1))
+    assert (np.diff(rows, axis=1) > 0).all()  # sorted, no element twice
+    counts = np.unique(rows, axis=0, return_counts=True)[1]
+    assert len(counts) == math.comb(6, 3)
+    # Each of the 20 subsets 2000 times in expectation (sd 44): a bias of a few percent would show.
+    assert counts.min() > 1800 and counts.max() < 2200
+    assert random_subsets(5, 0, 3, np.random.default_rng(0)).shape == (3, 0)
+    assert (random_subsets(4, 4, 2, np.random.default_rng(0)) == [0, 1, 2, 3]).all()
+    with pytest.raises(ValueError, match="cannot choose 5 of 4"):
+        random_subsets(4, 5, 1, np.random.default_rng(0))

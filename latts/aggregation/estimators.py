@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from latts.aggregation.rules import RULES, Branch, weights
+from latts.core.statistics import random_subsets
 
 # Up to this many B-subsets per problem are enumerated; beyond, as many are drawn at random.
 SUBSETS = 2000
@@ -27,7 +28,7 @@ def subsets(pool_size: int, branches: int, rng: np.random.Generator) -> np.ndarr
         raise ValueError(f"the pool holds {pool_size} samples, fewer than {branches} branches; fill it first")
     if math.comb(pool_size, branches) <= SUBSETS:
         return np.array(list(itertools.combinations(range(pool_size), branches)), dtype=np.int64)
-    return np.sort(rng.random((SUBSETS, pool_size)).argsort(axis=1)[:, :branches], axis=1)
+    return random_subsets(pool_size, branches, SUBSETS, rng)
 
 
 def problem_accuracy(

@@ -98,7 +98,9 @@ class TuneState:
     best: dict[float, TrialSummary | None] = field(default_factory=dict)
     greedy_stopped: bool = False  # `sampler: greedy` ended before the target: no budget's path can move on
     racing: bool = False  # the search is over; the finalists are being timed again
-    stopped: bool = False  # `max_failures` trials failed in this run: the search stopped, nothing raced
+    # The search ended early, nothing raced: `max_failures` trials failed in this run, or the caller's
+    # on_update set it (benchmarks/search_efficiency.py, once what it looks for is measured).
+    stopped: bool = False
 
     @property
     def capped(self) -> str | None:
@@ -377,8 +379,9 @@ class Controller:
         self._no_memory = self._out_of_memory_before()
         self._update_best()
         in_flight: dict[int, _InFlight] = {}  # generation id -> what waits for it
-        on_update(state)
         while True:
+            # Before proposing: the caller may end the search here (state.stopped) as results come in.
+            on_update(state)
             self._sync(measured, set(in_flight))
             while pool.idle and state.done + state.in_flight + len(self._elsewhere) < state.target and not state.stopped:
                 if self._sharing:  # what the others did since, before choosing what to start
@@ -412,7 +415,6 @@ class Controller:
                     if isinstance(taken, StudyFull):
                         self._sync(measured, set(in_flight))
                         break
-            on_update(state)
             if not in_flight:
                 break
             for finished_generation in pool.wait(timeout_s=1.0):
