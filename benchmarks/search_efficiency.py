@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -35,7 +37,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
@@ -97,16 +101,43 @@ def replay(repo: Repository, url: str, source: str, sampler: str, seed: int, unt
     return repo.trials(name)
 
 
-def compare(repo: Repository, url: str, source: str, samplers: Sequence[str], seeds: Sequence[int]) -> dict[str, list[int | None]]:
-    """Per sampler, the trials each seed needed until every budget's best config was measured."""
+def compare(
+    repo: Repository, url: str, source: str, samplers: Sequence[str], seeds: Sequence[int], processes: int = 1
+) -> dict[str, list[int | None]]:
+    """Per sampler, the trials each seed needed until every budget's best config was measured.
+
+    The replays run in `processes` processes, each on its own copy of the database (SQLite takes
+    one writer at a time); progress goes to stderr.
+    """
     spec = parse_spec(repo.study_spec(source))
     landscape = replay(repo, url, source, "grid", 0)
     targets = best_configs(landscape, repo.study(landscape[0].study).budgets_s or [], spec.latency_statistic)
+    jobs = [(sampler, seed) for seed in seeds for sampler in samplers]  # seeds interleaved: slow samplers spread out
+    needed: dict[str, list[int | None]] = {sampler: [] for sampler in samplers}
+    folder = tempfile.mkdtemp(prefix="latts-replays-")
+    context = multiprocessing.get_context("spawn")  # no fork of open database connections
+    try:
+        with ProcessPoolExecutor(processes, mp_context=context, initializer=_open_copy, initargs=(url, folder)) as pool:
+            started = time.monotonic()
+            for (sampler, seed), count in zip(jobs, pool.map(_needed, *zip(*[(source, s, seed, targets) for s, seed in jobs]))):
+                print(f"  {sampler} seed {seed}: {count if count is not None else 'never'} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+                needed[sampler].append(count)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return needed
 
-    def needed(sampler: str, seed: int) -> int | None:
-        return trials_needed([t.config.key() for t in replay(repo, url, source, sampler, seed, until=targets)], targets)
 
-    return {sampler: [needed(sampler, seed) for seed in seeds] for sampler in samplers}
+_copy: dict[str, Any] = {}  # in each replay process: its database copy
+
+
+def _open_copy(url: str, folder: str) -> None:
+    copy = sqlite_copy(url, Path(tempfile.mkdtemp(dir=folder)))
+    _copy.update(repo=Repository(copy), url=copy)
+
+
+def _needed(source: str, sampler: str, seed: int, targets: set[str]) -> int | None:
+    found = replay(_copy["repo"], _copy["url"], source, sampler, seed, until=targets)
+    return trials_needed([t.config.key() for t in found], targets)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -166,7 +197,7 @@ def sqlite_copy(url: str, folder: Path) -> str:
     return f"sqlite:///{target}"
 
 
-def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, console: Console) -> tuple[str, float]:
+def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, processes: int, console: Console) -> tuple[str, float]:
     """Replay every sampler on a copy of `storage`'s exhaustive `study`; print the table; the best sampler and its median share."""
     folder = Path(tempfile.mkdtemp(prefix="latts-replay-"))
     try:
@@ -179,7 +210,7 @@ def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, con
             sys.exit(f"error: study {study} is not exhaustive: {len(missing)} configs never measured, e.g. {missing[0]}")
         grid = len(parse_spec(repo.study_spec(study)).search_space.points())
         console.print(f"{LABEL}: every trial below is answered from study {study}'s stored rows; no engine ran")
-        needed = compare(repo, url, study, samplers, range(seeds))
+        needed = compare(repo, url, study, samplers, range(seeds), processes)
         repo.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -205,6 +236,7 @@ def main() -> None:
     parser.add_argument("--study", help="a finished exhaustive study in --storage")
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--processes", type=int, default=os.cpu_count(), help="replays at once (default: one per core)")
     args = parser.parse_args()
     if (args.storage is None) != (args.study is None):
         sys.exit("error: --storage and --study go together: give both to replay your own study, or neither")
@@ -221,7 +253,7 @@ def main() -> None:
             measure(spec, url, folder.resolve(), console)
             targets.append((url, spec["study"]))
     for storage, study in targets:
-        best, fraction = benchmark(storage, study, samplers, args.seeds, console)
+        best, fraction = benchmark(storage, study, samplers, args.seeds, args.processes, console)
     print(f"best={best} trials_fraction={fraction:.3f}")
 
 
