@@ -348,3 +348,15 @@ def test_a_failure_that_was_not_memory_is_run_again_by_another_study(tmp_path):
     tune(tmp_path, fail=fail)
     controller, workers, repo = tune(tmp_path, spec={"study": "again"})
     assert sorted(g.branches for g in workers.submitted) == [1, 2]
+
+
+def test_every_trial_is_scored_on_the_pool_as_the_search_left_it(tmp_path):
+    """Without a race too: a config scored early saw fewer pooled samples than its lossless twin
+    scored later, and the two must compare equal on accuracy (the faster one is the answer)."""
+    space = {"branches": [1, 2], "speculative": ["none", {"method": "ngram", "num_speculative_tokens": [2]}], "aggregator": ["majority"]}
+    _, _, repo = tune(
+        tmp_path, spec={"search_space": space, "n_trials": 4}, landscape=lambda g: (1.0 if g.branches == 2 else 0.0, 0.01 * g.branches)
+    )
+    trials = {(t.config.branches, t.config.speculative_method): t for t in repo.trials("loop")}
+    assert trials[(1, "ngram")].lossless.verdict == "lossless"
+    assert 0 < trials[(1, None)].accuracy == trials[(1, "ngram")].accuracy < 1, {k: t.accuracy for k, t in trials.items()}

@@ -238,7 +238,10 @@ class Controller:
                 if last and race_now and not self.state.stopped:
                     self.state.racing = True
                     on_update(self.state)
-                    self._race(pool)
+                    self._race(pool)  # scores every trial on the pool as it is first
+                elif last and measured_now and spec.sample_pool and not self.state.stopped:
+                    # A trial scored early saw fewer pooled samples: configs that share them must compare equal.
+                    self._refresh_numbers()
         finally:
             pool.shutdown()
         return self.state
