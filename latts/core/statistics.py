@@ -42,7 +42,6 @@ def mean_acceptance_length(num_drafts: int | None, accepted_tokens: int | None) 
     return 1 + accepted_tokens / num_drafts
 
 
-
 def random_subsets(size: int, k: int, rows: int, rng: np.random.Generator) -> np.ndarray:
     """`rows` uniform random k-subsets of range(size), one per row, each row sorted.
 
