@@ -20,8 +20,17 @@ is estimated again on the pool as the landscape left it, the same for every stra
 budget's best config is the most accurate within it in a `grid` replay. For each strategy: the
 trials measured until every budget's best config had been measured, as a share of the grid: median
 and interquartile range over seeds, and in how many seeds every best was found at all (greedy's
-walks may stop first; such a seed counts as never). The last line is `best=<sampler>
-trials_fraction=<median share>` on the last landscape: (b), or the study given.
+walks may stop first; such a seed counts as never).
+
+The same, counting a budget's best as found once the search measured it or a tied twin: a config
+with the best's accuracy from the same pooled samples (the same branches and aggregator, another
+lossless speculative choice) that fits the budget, with a latency interval overlapping the best's.
+Twins differ only in latency, and where their intervals overlap which is faster is noise (the
+final race decides between them, `racing.finalists`): "the best" alone can be a draft length
+0.3% faster than no draft.
+
+The last line is `best=<sampler> trials_fraction=<median share> tied_best=<sampler>
+tied_trials_fraction=<median share, twins counted>` on the last landscape: (b), or the study given.
 """
 
 from __future__ import annotations
@@ -51,23 +60,49 @@ from latts.aggregation import RULES
 from latts.core.records import TrialState, TrialSummary
 from latts.core.spec import parse_spec
 from latts.optimizer.controller import Controller, TuneState
-from latts.optimizer.frontier import best_within
+from latts.optimizer.frontier import best_within, completed
+from latts.optimizer.racing import accuracy_identity
 from latts.optimizer.replay import LABEL, ReplayWorkers
 from latts.storage import Repository, redact
 
 SAMPLERS = ("random", "tpe", "nsga2", "gp", "greedy")
 
 
-def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str) -> set[str]:
-    """Each budget's best config (its key): what a search must have measured to answer every budget."""
-    return {best.config.key() for b in budgets if (best := best_within(list(trials), b, statistic)) is not None}
+def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, tied: bool = False) -> list[frozenset[str]]:
+    """Per budget that something fits, the keys that answer it: its best config, and with `tied` also
+    the best's twins within noise (same pooled accuracy, fitting, latency intervals overlapping)."""
+    found = []
+    for budget in budgets:
+        best = best_within(list(trials), budget, statistic)
+        if best is None:
+            continue
+        keys = {best.config.key()}
+        if tied:
+            low, high = _interval(best, statistic)
+            keys |= {
+                t.config.key()
+                for t in completed(trials)
+                if accuracy_identity(t) == accuracy_identity(best) and t.latency_s.get(statistic) <= budget
+                and _interval(t, statistic)[0] <= high and low <= _interval(t, statistic)[1]
+            }
+        found.append(frozenset(keys))
+    return found
 
 
-def trials_needed(order: Sequence[str], targets: set[str]) -> int | None:
-    """How many configs were measured (in `order`) until every target was; None if one never was."""
-    if not targets <= set(order):
+def _interval(trial: TrialSummary, statistic: str) -> tuple[float, float]:
+    low, high = (trial.latency_ci or {}).get(statistic, (None, None))
+    value = trial.latency_s.get(statistic)
+    return (value if low is None else low, value if high is None else high)
+
+
+def trials_needed(order: Sequence[str], targets: Sequence[frozenset[str]]) -> int | None:
+    """How many configs were measured (in `order`) until each target had one of its keys measured;
+    None if one never had."""
+    first = {key: i for i, key in reversed(list(enumerate(order)))}
+    hits = [min((first[k] for k in keys if k in first), default=None) for keys in targets]
+    if None in hits:
         return None
-    return 1 + max(order.index(t) for t in targets)
+    return 1 + max(hits, default=-1)
 
 
 def quartiles(shares: Sequence[float]) -> tuple[float, float, float]:
@@ -84,9 +119,11 @@ def missing_generations(repo: Repository, source: str) -> list[str]:
     return [c.label() for c in configs if c.generation().key() not in finished]
 
 
-def replay(repo: Repository, url: str, source: str, sampler: str, seed: int, until: set[str] | None = None) -> list[TrialSummary]:
+def replay(
+    repo: Repository, url: str, source: str, sampler: str, seed: int, until: Sequence[frozenset[str]] | None = None
+) -> list[TrialSummary]:
     """Search the source's space again with `sampler`, answered from storage; its trials in measuring
-    order. The whole space, or until every config in `until` (keys) is measured."""
+    order. The whole space, or until every target in `until` has one of its keys measured."""
     stored = repo.study_spec(source)
     name = f"replay-{source}-{sampler}-{seed}"
     grid = len(parse_spec(stored).search_space.points())
@@ -94,34 +131,40 @@ def replay(repo: Repository, url: str, source: str, sampler: str, seed: int, unt
     controller = Controller(spec, repo, url, workers=lambda s, _: ReplayWorkers(repo, source, s.workers.count), sampler_seed=seed)
 
     def stop_once_found(state: TuneState) -> None:
-        if until and until <= {t.config.key() for t in repo.trials(name)}:
+        if until and trials_needed([t.config.key() for t in repo.trials(name)], until) is not None:
             state.stopped = True
 
     controller.run(None, stop_once_found)
     return repo.trials(name)
 
 
+Needed = tuple[int | None, int | None]  # trials until every best was measured: exactly, twins counted
+
+
 def compare(
     repo: Repository, url: str, source: str, samplers: Sequence[str], seeds: Sequence[int], processes: int = 1
-) -> dict[str, list[int | None]]:
-    """Per sampler, the trials each seed needed until every budget's best config was measured.
+) -> dict[str, list[Needed]]:
+    """Per sampler, the trials each seed needed until every budget's best config was measured
+    (exactly, and with tied twins counted).
 
     The replays run in `processes` processes, each on its own copy of the database (SQLite takes
     one writer at a time); progress goes to stderr.
     """
     spec = parse_spec(repo.study_spec(source))
     landscape = replay(repo, url, source, "grid", 0)
-    targets = best_configs(landscape, repo.study(landscape[0].study).budgets_s or [], spec.latency_statistic)
+    budgets = repo.study(landscape[0].study).budgets_s or []
+    targets = (best_configs(landscape, budgets, spec.latency_statistic), best_configs(landscape, budgets, spec.latency_statistic, tied=True))
     jobs = [(sampler, seed) for seed in seeds for sampler in samplers]  # seeds interleaved: slow samplers spread out
-    needed: dict[str, list[int | None]] = {sampler: [] for sampler in samplers}
+    needed: dict[str, list[Needed]] = {sampler: [] for sampler in samplers}
     folder = tempfile.mkdtemp(prefix="latts-replays-")
     context = multiprocessing.get_context("spawn")  # no fork of open database connections
+    show = lambda n: n if n is not None else "never"  # noqa: E731
     try:
         with ProcessPoolExecutor(processes, mp_context=context, initializer=_open_copy, initargs=(url, folder)) as pool:
             started = time.monotonic()
-            for (sampler, seed), count in zip(jobs, pool.map(_needed, *zip(*[(source, s, seed, targets) for s, seed in jobs]))):
-                print(f"  {sampler} seed {seed}: {count if count is not None else 'never'} ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-                needed[sampler].append(count)
+            for (sampler, seed), counts in zip(jobs, pool.map(_needed, *zip(*[(source, s, seed, targets) for s, seed in jobs]))):
+                print(f"  {sampler} seed {seed}: {show(counts[0])} ({show(counts[1])} twins counted) ({time.monotonic() - started:.0f} s)", file=sys.stderr)
+                needed[sampler].append(counts)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return needed
@@ -135,9 +178,10 @@ def _open_copy(url: str, folder: str) -> None:
     _copy.update(repo=Repository(copy), url=copy)
 
 
-def _needed(source: str, sampler: str, seed: int, targets: set[str]) -> int | None:
-    found = replay(_copy["repo"], _copy["url"], source, sampler, seed, until=targets)
-    return trials_needed([t.config.key() for t in found], targets)
+def _needed(source: str, sampler: str, seed: int, targets: tuple[list[frozenset[str]], list[frozenset[str]]]) -> Needed:
+    exact, tied = targets
+    order = [t.config.key() for t in replay(_copy["repo"], _copy["url"], source, sampler, seed, until=exact)]
+    return trials_needed(order, exact), trials_needed(order, tied)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -197,8 +241,9 @@ def sqlite_copy(url: str, folder: Path) -> str:
     return f"sqlite:///{target}"
 
 
-def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, processes: int, console: Console) -> tuple[str, float]:
-    """Replay every sampler on a copy of `storage`'s exhaustive `study`; print the table; the best sampler and its median share."""
+def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, processes: int, console: Console) -> dict[str, tuple[str, float]]:
+    """Replay every sampler on a copy of `storage`'s exhaustive `study`; print the table; the best
+    sampler and its median share, exactly and with tied twins counted."""
     folder = Path(tempfile.mkdtemp(prefix="latts-replay-"))
     try:
         url = sqlite_copy(storage, folder)
@@ -215,18 +260,25 @@ def benchmark(storage: str, study: str, samplers: Sequence[str], seeds: int, pro
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     table = Table(title=f"{study}: trials until every budget's best config is measured, share of the {grid}-config grid ({seeds} seeds, {LABEL})")
-    for column in ("sampler", "median", "interquartile range", "found every best"):
-        table.add_column(column)
-    summary = {}
+    table.add_column("sampler")
+    for criterion in ("best", "best or tied twin"):
+        for column in ("median", "IQR", "found every"):
+            table.add_column(f"{criterion}: {column}")
+    summary: dict[str, dict[str, tuple[float, float]]] = {"exact": {}, "tied": {}}
     show = lambda x: "never" if math.isinf(x) else f"{x:.2f}"  # noqa: E731
     for sampler, counts in needed.items():
-        shares = [n / grid if n is not None else math.inf for n in counts]
-        q1, median, q3 = quartiles(shares)
-        summary[sampler] = (median, q3)
-        table.add_row(sampler, show(median), f"{show(q1)}-{show(q3)}", f"{sum(n is not None for n in counts)}/{len(counts)}")
+        row = [sampler]
+        for criterion, found in zip(summary, zip(*counts)):
+            q1, median, q3 = quartiles([n / grid if n is not None else math.inf for n in found])
+            summary[criterion][sampler] = (median, q3)
+            row += [show(median), f"{show(q1)}-{show(q3)}", f"{sum(n is not None for n in found)}/{len(found)}"]
+        table.add_row(*row)
     console.print(table)
-    best = min(summary, key=lambda s: summary[s])
-    return best, summary[best][0]
+    winners = {}
+    for criterion, shares in summary.items():
+        best = min(shares, key=lambda sampler: shares[sampler])  # the lowest median, then third quartile
+        winners[criterion] = (best, shares[best][0])
+    return winners
 
 
 def main() -> None:
@@ -253,8 +305,9 @@ def main() -> None:
             measure(spec, url, folder.resolve(), console)
             targets.append((url, spec["study"]))
     for storage, study in targets:
-        best, fraction = benchmark(storage, study, samplers, args.seeds, args.processes, console)
-    print(f"best={best} trials_fraction={fraction:.3f}")
+        winners = benchmark(storage, study, samplers, args.seeds, args.processes, console)
+    (best, fraction), (tied, tied_fraction) = winners["exact"], winners["tied"]
+    print(f"best={best} trials_fraction={fraction:.3f} tied_best={tied} tied_trials_fraction={tied_fraction:.3f}")
 
 
 if __name__ == "__main__":

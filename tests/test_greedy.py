@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from latts.optimizer.greedy import Lattice, Walk, gain_per_second, point_value, search, walk
+from latts.optimizer.greedy import Lattice, Walk, gain_per_second, improves, point_value, search, walk
 
 LATTICE = Lattice((1, 2, 4, 8), (("draft:k=2", "draft:k=4"), ("ngram:k=4",)))
 ACCURACY = {1: 0.3, 2: 0.5, 4: 0.6, 8: 0.65}  # lossless speculation: accuracy follows the branches
@@ -37,17 +37,25 @@ def test_the_path_takes_the_most_accuracy_per_second_within_the_budget():
     # Free speed first (longer drafts at the same accuracy), then branches while they fit.
     assert walks.paths[0.15] == [(1, "none"), (1, "draft:k=2"), (1, "draft:k=4"), (2, "draft:k=4")]
     assert walks.paths[0.5] == [(1, "none"), (1, "draft:k=2"), (1, "draft:k=4"), (2, "draft:k=4"), (4, "draft:k=4"), (8, "draft:k=4")]
-    walks, _ = search(LATTICE, [0.5], slow_drafts)
-    # Branches while they fit; then a step that gains nothing still fits, so the walk moves on.
-    assert walks.paths[0.5] == [(1, "none"), (2, "none"), (4, "none"), (4, "draft:k=2"), (4, "draft:k=4")]
+    walks, order = search(LATTICE, [0.5], slow_drafts)
+    # Branches while they fit; a draft that fits but only costs time is no step.
+    assert walks.paths[0.5] == [(1, "none"), (2, "none"), (4, "none")]
+    assert (4, "draft:k=4") not in order  # nor is a longer draft behind it measured
 
 
-def test_a_walk_stops_when_no_neighbour_fits():
+def test_a_walk_stops_when_no_neighbour_within_the_budget_improves():
     walks, order = search(LATTICE, [0.25], slow_drafts)
-    assert walks.paths[0.25] == [(1, "none"), (2, "none"), (2, "draft:k=2"), (2, "draft:k=4")]
+    assert walks.paths[0.25] == [(1, "none"), (2, "none")]
     assert walks.wanted == []
-    (end,) = LATTICE.neighbours((2, "draft:k=4"))  # 4 branches: 0.42 s
-    assert end in order and slow_drafts(end)[0][1] > 0.25
+    more, draft, ngram = LATTICE.neighbours((2, "none"))
+    assert {more, draft, ngram} <= set(order)
+    assert slow_drafts(more)[0][1] > 0.25  # 4 branches: 0.4 s, past the budget
+    assert slow_drafts(draft)[0][1] <= 0.25 and slow_drafts(draft)[0][0] == slow_drafts((2, "none"))[0][0]  # fits, gains nothing
+
+
+def test_a_step_must_improve():
+    assert improves((0.5, 0.2), (0.6, 0.3)) and improves((0.5, 0.2), (0.5, 0.1))
+    assert not improves((0.5, 0.2), (0.5, 0.3)) and not improves((0.5, 0.2), (0.5, 0.2)) and not improves((0.5, 0.2), (0.4, 0.1))
 
 
 def test_budgets_share_every_measurement():

@@ -10,8 +10,13 @@ choice), one walk per budget:
   powers of two), and, without speculation, each draft option at its shortest draft, or, with one,
   the same option's next longer draft;
 - move to the neighbour with the most accuracy gained per second of latency added among those
-  within the budget (a neighbour no slower and no less accurate first); keep the path;
-- stop when no neighbour fits the budget.
+  within the budget that improve on the current point: more accurate, or as accurate and faster
+  (faster and no less accurate first); keep the path;
+- stop when no neighbour within the budget improves on it.
+
+A move must improve: a lossless draft never changes accuracy (the pool scores it on the target's
+own samples), so a walk that also took steps gaining nothing climbed every slower draft length
+once more branches stopped fitting.
 
 A point's value for a budget is its most accurate config within the budget: the aggregators,
 verifiers and sampling settings at a point are scored on the same stored branches at each step, not
@@ -77,6 +82,11 @@ def gain_per_second(current: Outcome, neighbour: Outcome) -> float:
     return accuracy / latency
 
 
+def improves(current: Outcome, neighbour: Outcome) -> bool:
+    """More accurate, or as accurate and faster: a step worth taking."""
+    return neighbour[0] > current[0] or (neighbour[0] == current[0] and neighbour[1] < current[1])
+
+
 def walk(lattice: Lattice, budgets: Sequence[float], measured: Mapping[Point, Sequence[Outcome]]) -> Walk:
     """Each budget's walk as far as the measured points allow, and the points needed to go on.
 
@@ -96,10 +106,12 @@ def walk(lattice: Lattice, budgets: Sequence[float], measured: Mapping[Point, Se
                 if missing:
                     wanted += missing
                     break
-                fitting = [(n, o) for n in neighbours if (o := point_value(measured[n], budget)) is not None]
-                if not fitting:
+                better = [
+                    (n, o) for n in neighbours if (o := point_value(measured[n], budget)) is not None and improves(current, o)
+                ]
+                if not better:
                     break
-                point, current = max(fitting, key=lambda pair: (gain_per_second(current, pair[1]), pair[1][0], -pair[1][1]))
+                point, current = max(better, key=lambda pair: (gain_per_second(current, pair[1]), pair[1][0], -pair[1][1]))
                 path.append(point)
         paths[budget] = path
     return Walk(paths, list(dict.fromkeys(wanted)))

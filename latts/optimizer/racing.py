@@ -45,14 +45,16 @@ def finalists(
     order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
     fastest: dict[str, TrialSummary] = {}
     for t in sorted(could, key=order):
-        fastest.setdefault(_accuracy_identity(t), t)
-    ranked = [_accuracy_identity(t) for t in sorted(fastest.values(), key=order)][:limit]
-    if _accuracy_identity(best) not in ranked:
-        ranked = [*ranked[: limit - 1], _accuracy_identity(best)]
-    return sorted((t for t in could if _accuracy_identity(t) in ranked), key=order)
+        fastest.setdefault(accuracy_identity(t), t)
+    ranked = [accuracy_identity(t) for t in sorted(fastest.values(), key=order)][:limit]
+    if accuracy_identity(best) not in ranked:
+        ranked = [*ranked[: limit - 1], accuracy_identity(best)]
+    return sorted((t for t in could if accuracy_identity(t) in ranked), key=order)
 
 
-def _accuracy_identity(trial: TrialSummary) -> str:
+def accuracy_identity(trial: TrialSummary) -> str:
+    """What a trial's accuracy comes from: twins (the same branches, aggregator and sampling from the
+    sample pool, with and without lossless speculation) share one, so their accuracy is the same."""
     if trial.accuracy_source != "pool":
         return f"trial {trial.number}"
     return trial.config.without_speculation().key()
