@@ -61,7 +61,7 @@ from latts.core.records import TrialState, TrialSummary
 from latts.core.spec import parse_spec
 from latts.optimizer.controller import Controller, TuneState
 from latts.optimizer.frontier import best_within, completed
-from latts.optimizer.racing import accuracy_identity
+from latts.optimizer.racing import accuracy_identity, latency_interval
 from latts.optimizer.replay import LABEL, ReplayWorkers
 from latts.storage import Repository, redact
 
@@ -78,21 +78,15 @@ def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], stati
             continue
         keys = {best.config.key()}
         if tied:
-            low, high = _interval(best, statistic)
+            low, high = latency_interval(best, statistic)
             keys |= {
                 t.config.key()
                 for t in completed(trials)
                 if accuracy_identity(t) == accuracy_identity(best) and t.latency_s.get(statistic) <= budget
-                and _interval(t, statistic)[0] <= high and low <= _interval(t, statistic)[1]
+                and latency_interval(t, statistic)[0] <= high and low <= latency_interval(t, statistic)[1]
             }
         found.append(frozenset(keys))
     return found
-
-
-def _interval(trial: TrialSummary, statistic: str) -> tuple[float, float]:
-    low, high = (trial.latency_ci or {}).get(statistic, (None, None))
-    value = trial.latency_s.get(statistic)
-    return (value if low is None else low, value if high is None else high)
 
 
 def trials_needed(order: Sequence[str], targets: Sequence[frozenset[str]]) -> int | None:

@@ -23,6 +23,13 @@ def _interval(trial: TrialSummary, statistic: LatencyStatistic) -> tuple[float |
     return (trial.latency_ci or {}).get(statistic, (None, None))
 
 
+def latency_interval(trial: TrialSummary, statistic: LatencyStatistic) -> tuple[float, float]:
+    """A trial's 95% latency interval; its point latency at an end it has none for."""
+    low, high = _interval(trial, statistic)
+    value = _latency(trial, statistic)
+    return (value if low is None else low, value if high is None else high)
+
+
 def finalists(
     trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic, limit: int
 ) -> list[TrialSummary]:
@@ -40,7 +47,7 @@ def finalists(
     could = [
         t
         for t in completed(trials)
-        if ((_interval(t, statistic)[0] or _latency(t, statistic)) <= budget_s) and t.accuracy >= best.accuracy_ci[0]
+        if latency_interval(t, statistic)[0] <= budget_s and t.accuracy >= best.accuracy_ci[0]
     ]
     order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
     fastest: dict[str, TrialSummary] = {}
