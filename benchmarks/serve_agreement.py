@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 from latts.aggregation import aggregate
 from latts.core.records import Branch
@@ -40,6 +41,14 @@ from latts.storage import Repository, redact
 from latts.workers.engine import EngineStartError, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def absolute(url: str) -> str:
+    """The storage URL with a relative SQLite path made absolute: the latts commands below run in another folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return url
+    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
 
 
 def latts(*args: str, cwd: Path) -> None:
@@ -103,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = load_spec(args.spec)
     folder = Path(tempfile.mkdtemp(prefix="latts-serve-agreement-"))
-    url = args.storage or f"sqlite:///{folder / 'latts.db'}"
+    url = absolute(args.storage) if args.storage else f"sqlite:///{folder / 'latts.db'}"
     repo = Repository(url)
     if repo.study(spec.study) is None or not repo.trials(spec.study):
         print(f"tuning {spec.study} into {repo.url} first", file=sys.stderr)
