@@ -181,6 +181,16 @@ def test_closed_database_port_is_503():
             assert "127.0.0.1:1" in response.json()["detail"]
 
 
+def test_missing_sqlite_file_is_503_until_tune_creates_it(tmp_path):
+    db = tmp_path / "latts.db"
+    with serving(f"sqlite:///{db}") as base:
+        response = httpx.get(base + "/v1/studies", timeout=30)
+        assert response.status_code == 503 and f"no database at {db}" in response.json()["detail"]
+        assert not db.exists()  # a read-only service never creates the database
+        make_study(f"sqlite:///{db}", tmp_path)
+        assert [s["name"] for s in httpx.get(base + "/v1/studies", timeout=30).json()["studies"]] == ["hand"]
+
+
 def test_dropped_tables_are_503_then_bad_input_still_422(tmp_path):
     url = f"sqlite:///{tmp_path / 'latts.db'}"
     make_study(url, tmp_path)

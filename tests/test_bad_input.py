@@ -146,3 +146,21 @@ def test_storage_that_cannot_be_opened(storage, words, tmp_path):
 def test_bad_flags(args, words, existing_db, tmp_path):
     proc = run_latts(*args, "--storage", f"sqlite:///{existing_db}", cwd=tmp_path)
     _assert_one_line_error(proc, words)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["frontier", "--study", "bad-input"],
+        ["best", "--study", "bad-input", "--budget", "1"],
+        ["export", "--study", "bad-input", "--budget", "1", "--format", "json"],
+        ["plot", "--study", "bad-input", "-o", "p.png"],
+        ["confirm", "--study", "bad-input"],
+    ],
+)
+def test_read_commands_do_not_create_a_missing_sqlite_file(command, tmp_path):
+    # A typo in --storage used to leave an empty database behind and answer "no study named ...".
+    proc = run_latts(*command, "--storage", "sqlite:///typo.db", cwd=tmp_path)
+    _assert_one_line_error(proc, ["no database at typo.db", "latts tune SPEC --storage sqlite:///typo.db"])
+    assert list(tmp_path.iterdir()) == []

@@ -210,7 +210,7 @@ def status(
 
     reap_orphans()  # a controller killed on this machine may have left Ray processes running
 
-    studies = Repository(storage_url(storage)).studies()
+    studies = Repository(storage_url(storage), create=False).studies()
     if study is not None:
         studies = [s for s in studies if s.name == study]
         if not studies:
@@ -240,7 +240,7 @@ def frontier(
     from latts.reporting.documents import frontier_document, study_trials
 
     _check_statistic(statistic)
-    trials = study_trials(Repository(storage_url(storage)), study)
+    trials = study_trials(Repository(storage_url(storage), create=False), study)
     document = frontier_document(study, trials, statistic, include_lossy)
     if as_json:
         _print_json(document)
@@ -266,7 +266,7 @@ def best(
 
     _check_budget(budget)
     _check_statistic(statistic)
-    repo = Repository(storage_url(storage))
+    repo = Repository(storage_url(storage), create=False)
     trials = scope_trials(repo, study, hardware, model, benchmark)
     document = best_document(trials, budget, statistic, include_lossy, study_answers(repo, study, statistic))
     if as_json:
@@ -294,7 +294,7 @@ def confirm(
 
     reap_orphans()
     url = storage_url(storage)
-    repo = Repository(url)
+    repo = Repository(url, create=False)
     study_trials(repo, study)  # an unknown study fails here, in one line
     spec = parse_spec(repo.study_spec(study), source=f"study {study}'s stored spec")
     if not spec.race.finalists:
@@ -417,7 +417,7 @@ def export_command(
     _check_budget(budget)
     if statistic is not None:
         _check_statistic(statistic)
-    repo = Repository(storage_url(storage))
+    repo = Repository(storage_url(storage), create=False)
     spec, trials = _study_spec_and_trials(repo, study)
     statistic = statistic or spec.get("latency_statistic", "mean")
     chosen = answer_for(trials, budget, statistic, include_lossy, study_answers(repo, study, statistic))
@@ -450,7 +450,7 @@ def plot_command(
 
     if statistic is not None:
         _check_statistic(statistic)
-    repo = Repository(storage_url(storage))
+    repo = Repository(storage_url(storage), create=False)
     spec, trials = _study_spec_and_trials(repo, study)
     info = repo.study(study)
     statistic = statistic or spec.get("latency_statistic", "mean")

@@ -64,7 +64,7 @@ class _Storage:
     def repository(self) -> Repository:
         with self._lock:
             if self._repo is None:
-                self._repo = Repository(self.url)
+                self._repo = Repository(self.url, create=False)
             return self._repo
 
     def close(self) -> None:

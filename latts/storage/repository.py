@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Select, column, create_engine, delete, event, func, inspect, literal, select, table, update
@@ -342,10 +343,23 @@ def _insert_ignoring_duplicates(s: Session, table: type[Base], rows: list[dict[s
     s.execute(insert(table).on_conflict_do_nothing(), rows)
 
 
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite file URL whose file does not exist yet; None for any other URL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or "uri" in parsed.query:
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
+
+
 class Repository:
-    def __init__(self, url: str):
+    def __init__(self, url: str, create: bool = True):
+        """Open latts' storage at `url`. With `create` off (commands that only read a study), a
+        SQLite file that does not exist is refused rather than created empty."""
         with _opening(url) as shown:
             self.url = shown
+            missing = None if create else _missing_sqlite_file(url)
+            if missing is not None:
+                raise StorageError(f"no database at {missing}: `latts tune SPEC --storage {shown}` creates one; or pass --storage URL of an existing one")
             self._engine = _create_engine(url)
             _open_schema(self._engine, self.url)
 
