@@ -83,10 +83,14 @@ def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], stati
                 t.config.key()
                 for t in completed(trials)
                 if accuracy_identity(t) == accuracy_identity(best) and t.latency_s.get(statistic) <= budget
-                and latency_interval(t, statistic)[0] <= high and low <= latency_interval(t, statistic)[1]
+                and _overlap(latency_interval(t, statistic), low, high)
             }
         found.append(frozenset(keys))
     return found
+
+
+def _overlap(interval: tuple[float, float], low: float, high: float) -> bool:
+    return interval[0] <= high and low <= interval[1]
 
 
 def trials_needed(order: Sequence[str], targets: Sequence[frozenset[str]]) -> int | None:
