@@ -37,7 +37,7 @@ from latts.core.spec import load_spec
 from latts.core.statistics import latency_stats
 from latts.optimizer.evaluation import stable_seed
 from latts.problems import extract_boxed, load_problems
-from latts.storage import Repository, redact
+from latts.storage import Repository, redact, sqlite_file
 from latts.workers.engine import EngineStartError, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,10 +45,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def absolute(url: str) -> str:
     """The storage URL with a relative SQLite path made absolute: the latts commands below run in another folder."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    database = sqlite_file(url)
+    if database is None:
         return url
-    return parsed.set(database=str(Path(parsed.database).resolve())).render_as_string(hide_password=False)
+    return make_url(url).set(database=str(database.resolve())).render_as_string(hide_password=False)
 
 
 def latts(*args: str, cwd: Path) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 import optuna
 from rich.console import Console
 from rich.logging import RichHandler
-from sqlalchemy.engine import make_url
+
+from latts.storage import sqlite_file
 
 LOG_FOLDER = "latts-logs"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -24,10 +25,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def default_log_file(storage_url: str, study: str) -> Path:
     """latts-logs/STUDY.log beside a SQLite database file, so that a database and the logs its
     failed trials name stay together; in the current directory for a database server."""
-    url = make_url(storage_url)
-    folder = Path.cwd()
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        folder = Path(url.database).resolve().parent
+    database = sqlite_file(storage_url)
+    folder = database.resolve().parent if database is not None else Path.cwd()
     return folder / LOG_FOLDER / f"{study}.log"
 
 

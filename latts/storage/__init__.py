@@ -9,6 +9,6 @@ quote it, only through `redact` (`redact(url)`, `redact(str(error), url)`).
 """
 
 from latts.core.errors import redact
-from latts.storage.repository import ControllerInfo, Repository, StorageError, StudyFull, StudyInfo, Taken, upgrade
+from latts.storage.repository import ControllerInfo, Repository, StorageError, StudyFull, StudyInfo, Taken, sqlite_file, upgrade
 
-__all__ = ["ControllerInfo", "Repository", "StorageError", "StudyFull", "StudyInfo", "Taken", "redact", "upgrade"]
+__all__ = ["ControllerInfo", "Repository", "StorageError", "StudyFull", "StudyInfo", "Taken", "redact", "sqlite_file", "upgrade"]

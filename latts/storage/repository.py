@@ -343,12 +343,22 @@ def _insert_ignoring_duplicates(s: Session, table: type[Base], rows: list[dict[s
     s.execute(insert(table).on_conflict_do_nothing(), rows)
 
 
-def _missing_sqlite_file(url: str) -> str | None:
-    """The path of a SQLite file URL whose file does not exist yet; None for any other URL."""
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names, as given (relative paths are to the working directory); None for an
+    in-memory database or a database server."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:") or "uri" in parsed.query:
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
-    return None if Path(parsed.database).exists() else parsed.database
+    return Path(parsed.database)
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL that does not exist yet; None for any other URL (a `uri=true` one
+    names a URI, not a path)."""
+    file = sqlite_file(url)
+    if file is None or "uri" in make_url(url).query or file.exists():
+        return None
+    return file
 
 
 class Repository:
