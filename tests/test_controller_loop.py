@@ -98,6 +98,10 @@ def test_relative_budgets_are_settled_on_the_machine_the_finalists_race_on(tmp_p
     assert study.reference_s == pytest.approx(reference_s) and study.budgets_s == [pytest.approx(2.5 * reference_s, rel=1e-3)]
     (answer,) = repo.budget_answers("loop")
     assert answer.trial == trials[2].number and trials[2].latency_s.mean == pytest.approx((0.02 + 3 * 0.04) / 4)
+    # The reference's rounds spanned 0.01-0.02 s: the budget may lie at 0.025-0.05 s, and at the
+    # bottom only one branch fits, so the answer is tied with it at the edge.
+    assert answer.budget_range_s == (pytest.approx(0.025), pytest.approx(0.05))
+    assert (answer.runner_up, answer.verdict, answer.fits_confidently) == (trials[1].number, "tied", False)
 
 
 def test_latency_rounds_time_the_probes_again_and_pool_their_branches_once(tmp_path):

@@ -82,3 +82,37 @@ def test_a_more_accurate_finalist_that_may_fit_ties_the_answer_at_the_edge():
 def test_paired_margin_uses_shared_problems():
     margin, (lo, hi) = paired_margin({0: 1.0, 1: 0.0, 2: 1.0}, {0: 0.0, 1: 0.0, 5: 1.0})
     assert margin == pytest.approx(0.5) and lo <= margin <= hi
+
+
+# One branch (60%) and two branches (70%, clearly better on every problem), as in the quickstart on
+# a 2-core EPYC: two branches sat at 1.41x one branch in one run and 1.53-1.58x in the next two.
+ONE = trial(10, 0.60, (0.46, 0.73), 0.420, (0.41, 0.43))
+TWO = trial(11, 0.70, (0.56, 0.81), 0.651, (0.64, 0.66))
+BOTH = {10: {i: float(i % 10 < 6) for i in range(40)}, 11: {i: float(i % 10 < 7) for i in range(40)}}
+
+
+def test_a_relative_budget_ties_the_configs_its_range_may_choose():
+    # 1.5x a reference whose rounds spanned 0.392-0.464 s: the budget is 0.63 s, but may lie at
+    # 0.588-0.696 s, where two branches fit: one branch is the answer, tied at the edge.
+    low = budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.588, 0.696))
+    assert (low.trial, low.runner_up, low.verdict, low.fits_confidently) == (10, 11, "tied", True)
+    assert low.budget_range_s == (0.588, 0.696)
+    # Taken as exact, the budget leaves two branches out: one branch alone.
+    assert budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3).verdict == "alone"
+    # A reference timed 10% slower (rounds 0.420-0.488 s): two branches fit the budget, but not its
+    # bottom, where one branch is the answer: tied with it, and not surely within the budget.
+    high = budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.630, 0.732))
+    assert (high.trial, high.runner_up, high.verdict, high.fits_confidently) == (11, 10, "tied", False)
+    exact = budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3)
+    assert (exact.trial, exact.runner_up, exact.verdict, exact.fits_confidently) == (11, 10, "beats", True)
+    # A range that keeps the choice's latency inside the budget changes nothing.
+    assert budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.67, 0.71)).verdict == "beats"
+
+
+def test_the_config_that_fits_the_bottom_of_the_range_races():
+    two = replace(TWO, accuracy_ci=(0.62, 0.78))  # one branch lies outside its accuracy interval
+    assert [t.number for t in finalists([two, ONE], 0.692, "mean", 3)] == [11]
+    assert [t.number for t in finalists([two, ONE], 0.692, "mean", 3, (0.630, 0.732))] == [11, 10]
+    assert [t.number for t in finalists([two, ONE], 0.692, "mean", 1, (0.630, 0.732))] == [11, 10]  # both always race
+    assert [t.number for t in finalists([two, ONE], 0.63, "mean", 3, (0.588, 0.696))] == [11, 10]  # two may fit
+    assert [t.number for t in finalists([two, ONE], 0.63, "mean", 3)] == [10]

@@ -47,3 +47,14 @@ def test_an_unreadable_stored_spec_is_one_line():
 
 def test_measurement_fields_are_spec_fields():
     assert set(StudySpec.MEASUREMENT_FIELDS) <= set(StudySpec.model_fields)
+
+
+def test_relative_budgets_move_with_their_reference_and_absolute_ones_stay():
+    spec = parse_spec({**SMALL_STUDY, "budgets_s": ["1.5x", 0.5, "10x"]})
+    assert spec.resolve_budgets(0.42) == [0.5, 0.63, 4.2]
+    ranges = spec.budget_ranges(0.42, (0.392, 0.464))
+    assert ranges[0.5] == (0.5, 0.5)
+    assert ranges[0.63] == (pytest.approx(0.588), pytest.approx(0.696))
+    assert ranges[4.2] == (pytest.approx(3.92), pytest.approx(4.64))
+    # A relative budget that resolves onto an absolute one spans what both allow.
+    assert spec.budget_ranges(1 / 3, (0.3, 0.4))[0.5] == (pytest.approx(0.45), pytest.approx(0.6))

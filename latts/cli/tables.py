@@ -76,15 +76,21 @@ def best_table(bests: dict[float, TrialSummary | None], statistic: LatencyStatis
     return table
 
 
+def budget(answer: BudgetAnswer) -> str:
+    """The budget in seconds, and the range a relative budget may lie in as its reference moves."""
+    low, high = answer.budget_range_s or (answer.budget_s, answer.budget_s)
+    return f"{answer.budget_s:g}" if low == high else f"{answer.budget_s:g} ({low:.3g} to {high:.3g})"
+
+
 def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], statistic: LatencyStatistic) -> Table:
     """Each budget's answer after its finalists raced: the choice, whether it surely fits, its margin."""
     rounds = max((a.rounds for a in answers), default=0)
     table = Table(title=f"Best config per budget ({statistic} latency; finalists timed again, {rounds} rounds)", title_justify="left")
-    for column in ("budget s", "trial", "config", "accuracy", f"{statistic} s (95% CI)", "fits", "vs runner-up"):
+    for column in ("budget s (range)", "trial", "config", "accuracy", f"{statistic} s (95% CI)", "fits", "vs runner-up"):
         table.add_column(column)
     for a in answers:
         if a.trial is None:
-            table.add_row(f"{a.budget_s:g}", "-", "nothing fits", "-", "-", "-", "-")
+            table.add_row(budget(a), "-", "nothing fits", "-", "-", "-", "-")
             continue
         chosen = trials[a.trial]
         if a.verdict == "alone":
@@ -92,11 +98,16 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
         else:
             lo, hi = a.margin_ci
             word = "beats" if a.verdict == "beats" else "tied with"
-            edge = a.runner_up in trials and trials[a.runner_up].latency_s.get(statistic) > a.budget_s
-            where = " (at the edge: it may fit too)" if edge else ""
+            low = (a.budget_range_s or (a.budget_s, a.budget_s))[0]
+            if a.runner_up in trials and trials[a.runner_up].latency_s.get(statistic) > a.budget_s:
+                where = " (at the edge: it may fit too)"
+            elif a.verdict == "tied" and chosen.latency_s.get(statistic) > low:
+                where = " (at the edge: it fits where the budget is lowest)"
+            else:
+                where = ""
             versus = f"{word} #{a.runner_up}{where}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%})"
         table.add_row(
-            f"{a.budget_s:g}",
+            budget(a),
             f"{chosen.study}#{chosen.number}",
             chosen.config.label(),
             f"{chosen.accuracy:.1%}",

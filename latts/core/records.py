@@ -242,12 +242,15 @@ class BudgetAnswer:
     budget_s: float
     trial: int | None  # number of the chosen trial; None when nothing fits
     runner_up: int | None
-    fits_confidently: bool  # the chosen trial's latency interval lies within the budget
+    fits_confidently: bool  # the chosen trial's latency interval lies under the bottom of the budget's range
     margin: float | None  # its accuracy minus the runner-up's, paired over the same problems
     margin_ci: tuple[float, float] | None
     verdict: MarginVerdict  # beats: the margin's interval excludes 0; tied: it does not
     rounds: int
     finalists: list[int]
+    # Where the budget may lie: a relative budget moves with its reference, over the reference's
+    # fastest to slowest timing round in the study; an absolute one lies at budget_s. None: not stored.
+    budget_range_s: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

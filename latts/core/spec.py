@@ -384,6 +384,17 @@ class StudySpec(_Strict):
         """Budgets in seconds, given the reference config's latency statistic."""
         return sorted({float(f"{_multiple(b) * reference_s:.4g}") if isinstance(b, str) else b for b in self.budgets_s})
 
+    def budget_ranges(self, reference_s: float, reference_range: tuple[float, float]) -> dict[float, tuple[float, float]]:
+        """Where each budget (as resolve_budgets gives it) may lie: a relative one moves with its
+        reference's latency over `reference_range`; an absolute one stays put."""
+        ranges: dict[float, tuple[float, float]] = {}
+        for b in self.budgets_s:
+            point = float(f"{_multiple(b) * reference_s:.4g}") if isinstance(b, str) else b
+            low, high = (_multiple(b) * reference_range[0], _multiple(b) * reference_range[1]) if isinstance(b, str) else (b, b)
+            known = ranges.get(point, (point, point))
+            ranges[point] = (min(low, point, known[0]), max(high, point, known[1]))
+        return ranges
+
     def probes(self, n_problems: int) -> list[int]:
         """Indices of the problems whose latency each generation measures (all without the pool)."""
         if not self.sample_pool or self.latency_probes >= n_problems:

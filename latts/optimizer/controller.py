@@ -61,7 +61,7 @@ from latts.core.records import (
 from latts.core.spec import EngineSpec, SpecError, StudySpec
 from latts.demo.models import local_name
 from latts.optimizer import greedy, leases
-from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, stable_seed
+from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, round_latencies, stable_seed
 from latts.optimizer.frontier import best_within
 from latts.optimizer.losslessness import check_against_pool
 from latts.optimizer.racing import budget_answer, finalists
@@ -284,25 +284,32 @@ class Controller:
         Relative budgets are settled first: their reference config is timed again as many rounds,
         just before the finalists, so that the budgets and the finalists' latencies are measured on
         the machine as it is now (one timing of the reference early in the search moved every
-        relative budget by as much as the machine drifts: up to 50% between runs here).
+        relative budget by as much as the machine drifts: up to 50% between runs here). Even so the
+        reference moves between its timing rounds (0.420 to 0.488 s over one quickstart run on a
+        2-core EPYC, whose next runs put its mean 10% lower): each relative budget may lie anywhere
+        its reference's fastest and slowest rounds put it, and the answer says so at that edge.
         """
         spec, statistic = self.spec, self.spec.latency_statistic
         # Every trial scored on the pool as it is now: one scored early saw fewer samples, and configs
         # sharing pooled samples must compare equal on accuracy.
         self._refresh_numbers()
         reference = self._reference_trial(self.repo.trials(spec.study)) if spec.relative_budgets else None
+        ranges: dict[float, tuple[float, float]] = {}
         if reference is not None:
             self._time_again(pool, [reference.generation_id])
             self._resolve_budgets(self.repo.trials(spec.study), settle=True)
+            reference = self._reference_trial(self.repo.trials(spec.study))
+            per_round = round_latencies(reference.config, self.repo.timed_problems(reference.generation_id), statistic)
+            ranges = spec.budget_ranges(reference.latency_s.get(statistic), (min(per_round), max(per_round)))
         trials = self.repo.trials(spec.study)
-        picks = {b: finalists(trials, b, statistic, spec.race.finalists) for b in self.budgets}
+        picks = {b: finalists(trials, b, statistic, spec.race.finalists, ranges.get(b)) for b in self.budgets}
         self._time_again(pool, sorted({t.generation_id for raced in picks.values() for t in raced}))
         trials = {t.number: t for t in self.repo.trials(spec.study)}
         answers = []
         for budget, raced in picks.items():
             refreshed = [trials[t.number] for t in raced]
             accuracies = {t.number: self._problem_accuracies(t.config, t.generation_id) for t in refreshed}
-            answers.append(budget_answer(budget, refreshed, accuracies, statistic, spec.race.rounds, spec.seed))
+            answers.append(budget_answer(budget, refreshed, accuracies, statistic, spec.race.rounds, spec.seed, ranges.get(budget)))
         self.repo.record_budget_answers(spec.study, answers)
         self._update_best()
         return answers

@@ -15,7 +15,7 @@ import numpy as np
 
 from latts.aggregation import aggregate
 from latts.aggregation.estimators import problem_accuracy
-from latts.core.records import Branch, Generation, TimedProblem, TrialNumbers, TTSConfig
+from latts.core.records import Branch, Generation, LatencyStatistic, TimedProblem, TrialNumbers, TTSConfig
 from latts.core.statistics import bootstrap_mean_interval, latency_intervals, latency_stats, wilson_interval
 from latts.problems import Problem, grade
 
@@ -48,6 +48,12 @@ def _correct(answers: Sequence[str | None], reference: str) -> dict[str, bool]:
 def latencies(config: TTSConfig, timed: Sequence[TimedProblem]) -> list[float]:
     """Each timed problem's latency for this config: generation plus its aggregator's own time."""
     return [p.latency_s + p.aggregation_s[config.aggregator] for p in timed]
+
+
+def round_latencies(config: TTSConfig, timed: Sequence[TimedProblem], statistic: LatencyStatistic) -> list[float]:
+    """The latency statistic of each timing round on its own (every round times the same problems)."""
+    rounds = sorted({p.round for p in timed})
+    return [latency_stats(latencies(config, [p for p in timed if p.round == r])).get(statistic) for r in rounds]
 
 
 def problem_accuracies(

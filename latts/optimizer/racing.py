@@ -31,31 +31,42 @@ def latency_interval(trial: TrialSummary, statistic: LatencyStatistic) -> tuple[
 
 
 def finalists(
-    trials: Sequence[TrialSummary], budget_s: float, statistic: LatencyStatistic, limit: int
+    trials: Sequence[TrialSummary],
+    budget_s: float,
+    statistic: LatencyStatistic,
+    limit: int,
+    budget_range: tuple[float, float] | None = None,
 ) -> list[TrialSummary]:
     """The configs that could be the budget's answer, most accurate first, at most `limit`.
 
-    Those whose latency interval reaches under the budget and whose accuracy lies within the
-    interval of the best config that fits; the best config always races. Configs whose accuracy
-    comes from the same pooled samples (the same branches, aggregator and sampling, with and
-    without lossless speculation) count once towards `limit` and race together: their accuracy is
-    the same, which of them is faster is what the race tells.
+    Those whose latency interval reaches under the budget (under the top of `budget_range`, where a
+    relative budget moves with its reference) and whose accuracy lies within the interval of the
+    best config that fits; the best config always races, and so does the best other config that fits
+    at the bottom of the range. Configs whose accuracy comes from the same pooled samples (the same
+    branches, aggregator and sampling, with and without lossless speculation) count once towards
+    `limit` and race together: their accuracy is the same, which of them is faster is what the race
+    tells.
     """
+    low, high = budget_range or (budget_s, budget_s)
     best = best_within(trials, budget_s, statistic)
     if best is None or limit < 1:
         return []
+    # Where the budget may lie lower, the best config that fits there races too (were the best slower
+    # when timed again, it is the answer at the bottom of the range).
+    others = [t for t in trials if accuracy_identity(t) != accuracy_identity(best)]
+    surely = best_within(others, low, statistic) if low < budget_s else None
     could = [
         t
         for t in completed(trials)
-        if latency_interval(t, statistic)[0] <= budget_s and t.accuracy >= best.accuracy_ci[0]
+        if t is surely or (latency_interval(t, statistic)[0] <= high and t.accuracy >= best.accuracy_ci[0])
     ]
     order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
     fastest: dict[str, TrialSummary] = {}
     for t in sorted(could, key=order):
         fastest.setdefault(accuracy_identity(t), t)
-    ranked = [accuracy_identity(t) for t in sorted(fastest.values(), key=order)][:limit]
-    if accuracy_identity(best) not in ranked:
-        ranked = [*ranked[: limit - 1], accuracy_identity(best)]
+    ranked = [accuracy_identity(t) for t in sorted(fastest.values(), key=order)]
+    always = [accuracy_identity(t) for t in (best, surely) if t is not None]
+    ranked = [i for i in ranked if i not in always][: max(limit - len(always), 0)] + always
     return sorted((t for t in could if accuracy_identity(t) in ranked), key=order)
 
 
@@ -84,31 +95,34 @@ def budget_answer(
     statistic: LatencyStatistic,
     rounds: int,
     seed: int = 0,
+    budget_range: tuple[float, float] | None = None,
 ) -> BudgetAnswer:
     """The budget's choice among its finalists, timed again, and its margin over the runner-up.
 
-    `accuracies` holds each finalist's per-problem accuracy, by trial number. The choice fits
-    confidently when its latency interval lies within the budget; it beats the runner-up (the next
-    most accurate finalist that fits) when their paired accuracy difference excludes zero. A more
-    accurate finalist whose latency interval reaches under the budget may fit as well: then it is
-    the runner-up and the answer is tied with it, at the budget's edge.
+    `accuracies` holds each finalist's per-problem accuracy, by trial number. `budget_range` is
+    where the budget may lie (a relative budget moves with its reference's latency); an absolute
+    budget lies at `budget_s`. The choice fits confidently when its latency interval lies under the
+    bottom of the range; it beats the runner-up (the next most accurate finalist that fits) when
+    their paired accuracy difference excludes zero. The answer is tied at the budget's edge when a
+    more accurate finalist's latency interval reaches under the top of the range (it may fit as
+    well), or when the choice itself is slower than the bottom of the range (where the budget lies
+    there, the most accurate finalist that fits then is the answer).
     """
+    low, high = budget_range or (budget_s, budget_s)
     numbers = [t.number for t in raced]
-    fitting = sorted(
-        (t for t in raced if _latency(t, statistic) <= budget_s), key=lambda t: (-t.accuracy, _latency(t, statistic), t.number)
-    )
+    order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
+    fitting = sorted((t for t in raced if _latency(t, statistic) <= budget_s), key=order)
     if not fitting:
-        return BudgetAnswer(budget_s, None, None, False, None, None, "nothing-fits", rounds, numbers)
+        return BudgetAnswer(budget_s, None, None, False, None, None, "nothing-fits", rounds, numbers, (low, high))
     chosen = fitting[0]
     upper = _interval(chosen, statistic)[1]
-    fits_confidently = upper is not None and upper <= budget_s
-    edge = sorted(
-        (t for t in raced if t not in fitting and t.accuracy > chosen.accuracy and (_interval(t, statistic)[0] or math.inf) <= budget_s),
-        key=lambda t: (-t.accuracy, _latency(t, statistic), t.number),
-    )
+    fits_confidently = upper is not None and upper <= low
+    may_fit = [t for t in raced if t not in fitting and t.accuracy > chosen.accuracy and (_interval(t, statistic)[0] or math.inf) <= high]
+    fits_below = [t for t in fitting[1:] if _latency(t, statistic) <= low] if _latency(chosen, statistic) > low else []
+    edge = sorted(may_fit, key=order)[:1] or fits_below[:1]
     if not edge and len(fitting) == 1:
-        return BudgetAnswer(budget_s, chosen.number, None, fits_confidently, None, None, "alone", rounds, numbers)
+        return BudgetAnswer(budget_s, chosen.number, None, fits_confidently, None, None, "alone", rounds, numbers, (low, high))
     runner_up = edge[0] if edge else fitting[1]
     margin, interval = paired_margin(accuracies[chosen.number], accuracies[runner_up.number], seed)
     verdict = "beats" if interval[0] > 0 and not edge else "tied"
-    return BudgetAnswer(budget_s, chosen.number, runner_up.number, fits_confidently, margin, interval, verdict, rounds, numbers)
+    return BudgetAnswer(budget_s, chosen.number, runner_up.number, fits_confidently, margin, interval, verdict, rounds, numbers, (low, high))

@@ -220,10 +220,13 @@ class BudgetAnswer(Base):
     budget_s: Mapped[float]
     trial_id: Mapped[int | None] = mapped_column(ForeignKey("latts_trials.id"))  # NULL: nothing fits
     runner_up_id: Mapped[int | None] = mapped_column(ForeignKey("latts_trials.id"))
-    fits_confidently: Mapped[bool]  # the latency's 95% interval lies within the budget
+    fits_confidently: Mapped[bool]  # the latency's 95% interval lies under the budget's range
     margin: Mapped[float | None]  # accuracy of the choice minus the runner-up's, paired over problems
     margin_lo: Mapped[float | None]
     margin_hi: Mapped[float | None]
+    # Where the budget may lie: a relative one over its reference's fastest to slowest timing round.
+    budget_lo_s: Mapped[float | None]
+    budget_hi_s: Mapped[float | None]
     verdict: Mapped[str] = mapped_column(String(16))
     rounds: Mapped[int]
     finalists: Mapped[list[Any]]  # trial numbers raced for this budget

@@ -690,6 +690,8 @@ class Repository:
                     margin=a.margin,
                     margin_lo=a.margin_ci[0] if a.margin_ci else None,
                     margin_hi=a.margin_ci[1] if a.margin_ci else None,
+                    budget_lo_s=a.budget_range_s[0] if a.budget_range_s else None,
+                    budget_hi_s=a.budget_range_s[1] if a.budget_range_s else None,
                     verdict=a.verdict,
                     rounds=a.rounds,
                     finalists=a.finalists,
@@ -719,6 +721,7 @@ class Repository:
                     verdict=row.verdict,  # type: ignore[arg-type]
                     rounds=row.rounds,
                     finalists=row.finalists,
+                    budget_range_s=(row.budget_lo_s, row.budget_hi_s) if row.budget_lo_s is not None else None,  # type: ignore[arg-type]
                 )
                 for row, number, runner_up_number in s.execute(query)
             ]
