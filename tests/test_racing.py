@@ -116,3 +116,23 @@ def test_the_config_that_fits_the_bottom_of_the_range_races():
     assert [t.number for t in finalists([two, ONE], 0.692, "mean", 1, (0.630, 0.732))] == [11, 10]  # both always race
     assert [t.number for t in finalists([two, ONE], 0.63, "mean", 3, (0.588, 0.696))] == [11, 10]  # two may fit
     assert [t.number for t in finalists([two, ONE], 0.63, "mean", 3)] == [10]
+
+
+def test_the_answers_table_shows_the_budget_range_and_which_edge_ties():
+    from rich.console import Console
+
+    from latts.cli.tables import answers_table
+
+    trials = {10: ONE, 11: TWO}
+    answers = [
+        budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.588, 0.696)),
+        budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.630, 0.732)),
+        budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3),
+    ]
+    console = Console(width=250, record=True)
+    console.print(answers_table(answers, trials, "mean"))
+    rows = [line for line in console.export_text().splitlines() if "s#1" in line]
+    assert "0.63 (0.588 to 0.696)" in rows[0] and "tied with #11 (at the edge: it may fit too)" in rows[0]
+    assert "0.692 (0.63 to 0.732)" in rows[1] and "tied with #10 (at the edge: it fits where the budget is lowest)" in rows[1]
+    assert "not surely" in rows[1]
+    assert "│ 0.692 " in rows[2] and "beats #10:" in rows[2] and "edge" not in rows[2]

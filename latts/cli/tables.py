@@ -99,9 +99,10 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
             lo, hi = a.margin_ci
             word = "beats" if a.verdict == "beats" else "tied with"
             low = (a.budget_range_s or (a.budget_s, a.budget_s))[0]
-            if a.runner_up in trials and trials[a.runner_up].latency_s.get(statistic) > a.budget_s:
+            runner_up_s = trials[a.runner_up].latency_s.get(statistic) if a.runner_up in trials else None
+            if runner_up_s is not None and runner_up_s > a.budget_s:
                 where = " (at the edge: it may fit too)"
-            elif a.verdict == "tied" and chosen.latency_s.get(statistic) > low:
+            elif runner_up_s is not None and runner_up_s <= low < chosen.latency_s.get(statistic):
                 where = " (at the edge: it fits where the budget is lowest)"
             else:
                 where = ""
