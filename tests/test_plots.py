@@ -101,3 +101,17 @@ def test_plot_cli(hand, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and ".png or .html" in proc.stderr
     proc = run_latts("plot", "--study", "nope", "-o", str(tmp_path / "x.png"), "--storage", url)
     assert proc.returncode == 2 and "'nope'" in proc.stderr
+
+
+def test_a_relative_budgets_range_is_shaded(hand):
+    from latts.core.records import BudgetAnswer
+
+    _, trials = hand
+    answers = [
+        BudgetAnswer(0.5, 1, None, True, None, None, "alone", 3, [1], (0.45, 0.6)),
+        BudgetAnswer(2.0, 3, None, True, None, None, "alone", 3, [3], (2.0, 2.0)),  # absolute: nothing to shade
+    ]
+    ax, _ = matplotlib_figure(trials, BUDGETS, "mean", "hand", answers).axes
+    assert [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches] == [pytest.approx((0.45, 0.6))]
+    shapes = plotly_figure(trials, BUDGETS, "mean", "hand", answers).layout.shapes
+    assert [(s.x0, s.x1) for s in shapes if s.type == "rect"] == [(0.45, 0.6)]

@@ -2,7 +2,7 @@
 
 Every measured trial is a point (colour = speculative method, size = branches) with error bars
 (95% intervals of accuracy and latency), the Pareto frontier a step line, each budget a vertical
-line with the config chosen for it.
+line with the config chosen for it, and a raced relative budget's range shaded around it.
 Speculative trials found lossy are hollow red rings, kept off the frontier and the choices.
 Failed trials have no latency, so they sit apart in a strip of grey crosses below the chart (no
 strip when nothing failed).
@@ -51,6 +51,11 @@ def _chosen(
     trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: LatencyStatistic, answers: Sequence[BudgetAnswer]
 ) -> list[tuple[float, TrialSummary | None]]:
     return [(budget, answer_for(trials, budget, statistic, answers=answers)) for budget in sorted(budgets)]
+
+
+def _ranges(answers: Sequence[BudgetAnswer]) -> list[tuple[float, float]]:
+    """Where the relative budgets may lie (shaded): their multiple of the reference's fastest and slowest round."""
+    return [a.budget_range_s for a in answers if a.budget_range_s and a.budget_range_s[0] < a.budget_range_s[1]]
 
 
 def _choice_text(budget: float, trial: TrialSummary | None) -> str:
@@ -168,6 +173,8 @@ def matplotlib_figure(
         )
     choices = _chosen(measured, budgets, statistic, answers)
     lines = []
+    for low, high in _ranges(answers):
+        ax.axvspan(low, high, color="#555555", alpha=0.08, linewidth=0, zorder=0)
     for i, (budget, chosen) in enumerate(choices, start=1):
         ax.axvline(budget, color="#555555", linestyle="--", linewidth=1, zorder=1)
         ax.annotate(f"{i}", xy=(budget, 1.0), xytext=(2, -2), textcoords="offset points", fontsize=8, color="#555555", va="top")
@@ -268,6 +275,8 @@ def plotly_figure(
             row=1,
             col=1,
         )
+    for low, high in _ranges(answers):
+        fig.add_vrect(x0=low, x1=high, fillcolor="#555555", opacity=0.08, line_width=0, row=1, col=1)
     for i, (budget, chosen) in enumerate(_chosen(measured, budgets, statistic, answers)):
         # Shapes take data values on a log axis, annotations take log10 (plotly's convention).
         fig.add_vline(x=budget, line={"dash": "dash", "color": "#555555", "width": 1}, row=1, col=1)
