@@ -37,37 +37,42 @@ def finalists(
     limit: int,
     budget_range: tuple[float, float] | None = None,
 ) -> list[TrialSummary]:
-    """The configs that could be the budget's answer, most accurate first, at most `limit`.
+    """The configs that could be the budget's answer, most accurate first: at most `limit`, and for a
+    relative budget the best other config that fits the bottom of its range.
 
     Those whose latency interval reaches under the budget (under the top of `budget_range`, where a
     relative budget moves with its reference) and whose accuracy lies within the interval of the
-    best config that fits; the best config always races, and so does the best other config that fits
-    at the bottom of the range. Configs whose accuracy comes from the same pooled samples (the same
-    branches, aggregator and sampling, with and without lossless speculation) count once towards
-    `limit` and race together: their accuracy is the same, which of them is faster is what the race
-    tells.
+    best config that fits. The best config always races; of the others, first those that could beat
+    it (more accurate), fastest first, since the race decides whether they fit; then those that
+    could tie with it, most accurate first. Configs whose accuracy comes from the same pooled samples
+    (the same branches, aggregator and sampling, with and without lossless speculation) count once
+    towards `limit` and race together: their accuracy is the same, which of them is faster is what
+    the race tells. Where the budget may lie lower, the best other config that fits there races too:
+    were the best slower when timed again, it is the answer at the bottom of the range.
     """
     low, high = budget_range or (budget_s, budget_s)
     best = best_within(trials, budget_s, statistic)
     if best is None or limit < 1:
         return []
-    # Where the budget may lie lower, the best config that fits there races too (were the best slower
-    # when timed again, it is the answer at the bottom of the range).
-    others = [t for t in trials if accuracy_identity(t) != accuracy_identity(best)]
-    surely = best_within(others, low, statistic) if low < budget_s else None
     could = [
-        t
-        for t in completed(trials)
-        if t is surely or (latency_interval(t, statistic)[0] <= high and t.accuracy >= best.accuracy_ci[0])
+        t for t in completed(trials) if latency_interval(t, statistic)[0] <= high and t.accuracy >= best.accuracy_ci[0]
     ]
     order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
     fastest: dict[str, TrialSummary] = {}
     for t in sorted(could, key=order):
         fastest.setdefault(accuracy_identity(t), t)
-    ranked = [accuracy_identity(t) for t in sorted(fastest.values(), key=order)]
-    always = [accuracy_identity(t) for t in (best, surely) if t is not None]
-    ranked = [i for i in ranked if i not in always][: max(limit - len(always), 0)] + always
-    return sorted((t for t in could if accuracy_identity(t) in ranked), key=order)
+
+    def rank(t: TrialSummary) -> tuple[bool, float, int]:
+        beats = t.accuracy > best.accuracy
+        return (not beats, _latency(t, statistic) if beats else -t.accuracy, t.number)
+
+    others = [accuracy_identity(t) for t in sorted(fastest.values(), key=rank) if accuracy_identity(t) != accuracy_identity(best)]
+    ranked = {*others[: limit - 1], accuracy_identity(best)}
+    racing = [t for t in could if accuracy_identity(t) in ranked]
+    surely = best_within([t for t in trials if accuracy_identity(t) != accuracy_identity(best)], low, statistic) if low < budget_s else None
+    if surely is not None and surely not in racing:
+        racing.append(surely)
+    return sorted(racing, key=order)
 
 
 def accuracy_identity(trial: TrialSummary) -> str:
