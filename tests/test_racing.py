@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from latts.core.records import LatencyStats, TrialSummary
-from latts.optimizer.racing import budget_answer, finalists, paired_margin
+from latts.optimizer.racing import answers_across, budget_answer, finalists, paired_margin
 from tests.handmade import config
 
 
@@ -95,16 +95,16 @@ def test_a_relative_budget_ties_the_configs_its_range_may_choose():
     # 1.5x a reference whose rounds spanned 0.392-0.464 s: the budget is 0.63 s, but may lie at
     # 0.588-0.696 s, where two branches fit: one branch is the answer, tied at the edge.
     low = budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.588, 0.696))
-    assert (low.trial, low.runner_up, low.verdict, low.fits_confidently) == (10, 11, "tied", True)
+    assert (low.trial, low.runner_up, low.verdict, low.fits_confidently, low.edge) == (10, 11, "tied", True, [11])
     assert low.budget_range_s == (0.588, 0.696)
     # Taken as exact, the budget leaves two branches out: one branch alone.
     assert budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3).verdict == "alone"
     # A reference timed 10% slower (rounds 0.420-0.488 s): two branches fit the budget, but not its
     # bottom, where one branch is the answer: tied with it, and not surely within the budget.
     high = budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.630, 0.732))
-    assert (high.trial, high.runner_up, high.verdict, high.fits_confidently) == (11, 10, "tied", False)
+    assert (high.trial, high.runner_up, high.verdict, high.fits_confidently, high.edge) == (11, 10, "tied", False, [10])
     exact = budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3)
-    assert (exact.trial, exact.runner_up, exact.verdict, exact.fits_confidently) == (11, 10, "beats", True)
+    assert (exact.trial, exact.runner_up, exact.verdict, exact.fits_confidently, exact.edge) == (11, 10, "beats", True, [])
     # A range that keeps the choice's latency inside the budget changes nothing.
     assert budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.67, 0.71)).verdict == "beats"
 
@@ -132,8 +132,8 @@ def test_the_answers_table_shows_the_budget_range_and_which_edge_ties():
     console = Console(width=250, record=True)
     console.print(answers_table(answers, trials, "mean"))
     rows = [line for line in console.export_text().splitlines() if "s#1" in line]
-    assert "0.63 (0.588 to 0.696)" in rows[0] and "tied with #11 (at the edge: it may fit too)" in rows[0]
-    assert "0.692 (0.63 to 0.732)" in rows[1] and "tied with #10 (at the edge: it fits where the budget is lowest)" in rows[1]
+    assert "0.63 (0.588 to 0.696)" in rows[0] and "tied with #11: -10.0% (-20.0% to -2.5%); at the edge: #11 where the budget is higher" in rows[0]
+    assert "0.692 (0.63 to 0.732)" in rows[1] and "tied with #10: +10.0% (+2.5% to +20.0%); at the edge: #10 where the budget is lower" in rows[1]
     assert "not surely" in rows[1]
     assert "│ 0.692 " in rows[2] and "beats #10:" in rows[2] and "edge" not in rows[2]
 
@@ -151,3 +151,19 @@ def test_of_the_configs_that_could_beat_the_best_the_fastest_race_first():
     assert [t.number for t in finalists(landscape, 0.1651, "mean", 2, (0.1437, 0.199))] == [21, 20, 23]
     assert [t.number for t in finalists(landscape, 0.1651, "mean", 3, (0.1437, 0.199))] == [22, 21, 20, 23]
     assert [t.number for t in finalists(landscape, 0.1651, "mean", 2)] == [20, 23]  # exact: two branches could tie
+
+
+def test_a_range_names_every_answer_across_it():
+    # The quickstart at 1.5x on a 2-core EPYC (Zen 4), run 1: the budget is 0.187 s but may lie at
+    # 0.160-0.228 s. Four branches answer its bottom, eight its middle, and sixteen may fit its top.
+    four = trial(30, 0.484, (0.38, 0.58), 0.108, (0.104, 0.111))
+    eight = trial(31, 0.507, (0.39, 0.61), 0.163, (0.159, 0.167))
+    sixteen = trial(32, 0.510, (0.37, 0.64), 0.2301, (0.2237, 0.2368))  # over the top, its interval under it
+    raced = [sixteen, eight, four]
+    assert [t.number for t in answers_across(raced, (0.160, 0.228), "mean")] == [30, 31, 32]
+    accuracies = {n: {i: 0.5 for i in range(10)} for n in (30, 31, 32)}
+    answer = budget_answer(0.187, raced, accuracies, "mean", 3, budget_range=(0.160, 0.228))
+    assert (answer.trial, answer.runner_up, answer.verdict, answer.edge) == (31, 32, "tied", [30, 32])
+    # An absolute budget: only the one that may fit at the top, as before.
+    assert [t.number for t in answers_across(raced, (0.187, 0.187), "mean")] == [31]
+    assert budget_answer(0.23, raced, accuracies, "mean", 3).edge == [32]

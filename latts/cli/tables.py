@@ -98,15 +98,12 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
         else:
             lo, hi = a.margin_ci
             word = "beats" if a.verdict == "beats" else "tied with"
-            low = (a.budget_range_s or (a.budget_s, a.budget_s))[0]
-            runner_up_s = trials[a.runner_up].latency_s.get(statistic) if a.runner_up in trials else None
-            if runner_up_s is not None and runner_up_s > a.budget_s:
-                where = " (at the edge: it may fit too)"
-            elif runner_up_s is not None and runner_up_s <= low < chosen.latency_s.get(statistic):
-                where = " (at the edge: it fits where the budget is lowest)"
-            else:
-                where = ""
-            versus = f"{word} #{a.runner_up}{where}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%})"
+            chosen_s = chosen.latency_s.get(statistic)
+            lower = ", ".join(f"#{n}" for n in a.edge if trials[n].latency_s.get(statistic) < chosen_s)
+            higher = ", ".join(f"#{n}" for n in a.edge if trials[n].latency_s.get(statistic) >= chosen_s)
+            sides = [f"{numbers} where the budget is {side}" for numbers, side in ((lower, "lower"), (higher, "higher")) if numbers]
+            where = f"; at the edge: {' and '.join(sides)}" if sides else ""
+            versus = f"{word} #{a.runner_up}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%}){where}"
         table.add_row(
             budget(a),
             f"{chosen.study}#{chosen.number}",

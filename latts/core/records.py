@@ -251,6 +251,8 @@ class BudgetAnswer:
     # Where the budget may lie: a relative budget moves with its reference, over the reference's
     # fastest to slowest timing round in the study; an absolute one lies at budget_s. None: not stored.
     budget_range_s: tuple[float, float] | None = None
+    # The finalists that answer the budget elsewhere in its range (racing.answers_across), in budget order.
+    edge: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ again in interleaved rounds (so drift over time hits them all alike) and then as
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -93,6 +92,20 @@ def paired_margin(a: Mapping[int, float], b: Mapping[int, float], seed: int = 0)
     return float(differences.mean()), (float(lo), float(hi))
 
 
+def answers_across(
+    raced: Sequence[TrialSummary], budget_range: tuple[float, float], statistic: LatencyStatistic
+) -> list[TrialSummary]:
+    """The finalists that answer a budget somewhere in its range, in budget order: the most accurate
+    that fits its bottom, then each that becomes the answer as the budget rises through the range,
+    and at its top the most accurate whose latency interval reaches under it (it may fit)."""
+    low, high = budget_range
+    order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
+    points = sorted({low, *(_latency(t, statistic) for t in raced if low < _latency(t, statistic) <= high)})
+    found = [min((t for t in raced if _latency(t, statistic) <= b), key=order, default=None) for b in points]
+    found.append(min((t for t in raced if latency_interval(t, statistic)[0] <= high), key=order, default=None))
+    return list({t.number: t for t in found if t is not None}.values())
+
+
 def budget_answer(
     budget_s: float,
     raced: Sequence[TrialSummary],
@@ -108,12 +121,12 @@ def budget_answer(
     where the budget may lie (a relative budget moves with its reference's latency); an absolute
     budget lies at `budget_s`. The choice fits confidently when its latency interval lies under the
     bottom of the range; it beats the runner-up (the next most accurate finalist that fits) when
-    their paired accuracy difference excludes zero. The answer is tied at the budget's edge when a
-    more accurate finalist's latency interval reaches under the top of the range (it may fit as
-    well), or when the choice itself is slower than the bottom of the range (where the budget lies
-    there, the most accurate finalist that fits then is the answer).
+    their paired accuracy difference excludes zero. Where other finalists answer the budget
+    elsewhere in its range (answers_across), the answer is tied with them at the edge, and the
+    runner-up is the nearest of them: the next more accurate one, else the next faster one.
     """
     low, high = budget_range or (budget_s, budget_s)
+    low, high = min(low, budget_s), max(high, budget_s)
     numbers = [t.number for t in raced]
     order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
     fitting = sorted((t for t in raced if _latency(t, statistic) <= budget_s), key=order)
@@ -122,12 +135,12 @@ def budget_answer(
     chosen = fitting[0]
     upper = _interval(chosen, statistic)[1]
     fits_confidently = upper is not None and upper <= low
-    may_fit = [t for t in raced if t not in fitting and t.accuracy > chosen.accuracy and (_interval(t, statistic)[0] or math.inf) <= high]
-    fits_below = [t for t in fitting[1:] if _latency(t, statistic) <= low] if _latency(chosen, statistic) > low else []
-    edge = sorted(may_fit, key=order)[:1] or fits_below[:1]
+    across = [t.number for t in answers_across(raced, (low, high), statistic)]
+    at = across.index(chosen.number)
+    edge = [n for n in across if n != chosen.number]
     if not edge and len(fitting) == 1:
         return BudgetAnswer(budget_s, chosen.number, None, fits_confidently, None, None, "alone", rounds, numbers, (low, high))
-    runner_up = edge[0] if edge else fitting[1]
-    margin, interval = paired_margin(accuracies[chosen.number], accuracies[runner_up.number], seed)
+    runner_up = (across[at + 1 :] or across[:at][-1:] or [fitting[1].number])[0] if edge else fitting[1].number
+    margin, interval = paired_margin(accuracies[chosen.number], accuracies[runner_up], seed)
     verdict = "beats" if interval[0] > 0 and not edge else "tied"
-    return BudgetAnswer(budget_s, chosen.number, runner_up.number, fits_confidently, margin, interval, verdict, rounds, numbers, (low, high))
+    return BudgetAnswer(budget_s, chosen.number, runner_up, fits_confidently, margin, interval, verdict, rounds, numbers, (low, high), edge)

@@ -227,6 +227,7 @@ class BudgetAnswer(Base):
     # Where the budget may lie: a relative one over its reference's fastest to slowest timing round.
     budget_lo_s: Mapped[float | None]
     budget_hi_s: Mapped[float | None]
+    edge: Mapped[list[Any] | None]  # trial numbers that answer the budget elsewhere in its range
     verdict: Mapped[str] = mapped_column(String(16))
     rounds: Mapped[int]
     finalists: Mapped[list[Any]]  # trial numbers raced for this budget

@@ -692,6 +692,7 @@ class Repository:
                     margin_hi=a.margin_ci[1] if a.margin_ci else None,
                     budget_lo_s=a.budget_range_s[0] if a.budget_range_s else None,
                     budget_hi_s=a.budget_range_s[1] if a.budget_range_s else None,
+                    edge=a.edge,
                     verdict=a.verdict,
                     rounds=a.rounds,
                     finalists=a.finalists,
@@ -722,6 +723,7 @@ class Repository:
                     rounds=row.rounds,
                     finalists=row.finalists,
                     budget_range_s=(row.budget_lo_s, row.budget_hi_s) if row.budget_lo_s is not None else None,  # type: ignore[arg-type]
+                    edge=row.edge or [],
                 )
                 for row, number, runner_up_number in s.execute(query)
             ]
