@@ -167,3 +167,17 @@ def test_a_range_names_every_answer_across_it():
     # An absolute budget: only the one that may fit at the top, as before.
     assert [t.number for t in answers_across(raced, (0.187, 0.187), "mean")] == [31]
     assert budget_answer(0.23, raced, accuracies, "mean", 3).edge == [32]
+
+
+def test_aggregators_of_the_same_branches_count_once():
+    # The quickstart at 1.5x on a 2-core EPYC (Zen 4), final run 1: two aggregators of 16 branches
+    # took both places beside the best (4 branches) and 8 branches, which fit the budget once timed
+    # again, never raced. The race times branches, which every aggregator reuses: they count once.
+    four = replace(trial(40, 0.484, (0.38, 0.58), 0.107, (0.098, 0.122)), config=config(4, "weighted_mean_logprob"))
+    eight = [replace(trial(n, acc, (0.39, 0.61), 0.2145, (0.19, 0.24)), config=config(8, agg)) for n, acc, agg in
+             ((41, 0.507, "weighted_mean_logprob"), (42, 0.501, "majority"))]
+    sixteen = [replace(trial(n, acc, (0.37, 0.64), 0.2046, (0.199, 0.21)), config=config(16, agg)) for n, acc, agg in
+               ((43, 0.510, "weighted_mean_logprob"), (44, 0.491, "majority"))]
+    raced = finalists([four, *eight, *sixteen], 0.1885, "mean", 3, (0.138, 0.282))
+    assert [t.number for t in raced] == [43, 41, 42, 44, 40]
+    assert [t.number for t in finalists([four, *eight, *sixteen], 0.1885, "mean", 2, (0.138, 0.282))] == [43, 44, 40]

@@ -301,7 +301,7 @@ class AggregationSpec(_Strict):
 class RaceSpec(_Strict):
     """At the end of `tune` (and in `latts confirm`), each budget's finalists are timed again."""
 
-    finalists: int = Field(default=3, ge=0)  # per budget; 0 switches racing off
+    finalists: int = Field(default=3, ge=0)  # per budget, configs sharing samples counting once; 0 switches racing off
     rounds: int = Field(default=3, ge=1)  # interleaved: every finalist once per round
 
 

@@ -36,18 +36,19 @@ def finalists(
     limit: int,
     budget_range: tuple[float, float] | None = None,
 ) -> list[TrialSummary]:
-    """The configs that could be the budget's answer, most accurate first: at most `limit`, and for a
-    relative budget the best other config that fits the bottom of its range.
+    """The configs that could be the budget's answer, most accurate first: from at most `limit`
+    branch counts, and for a relative budget the best other config that fits the bottom of its range.
 
     Those whose latency interval reaches under the budget (under the top of `budget_range`, where a
     relative budget moves with its reference) and whose accuracy lies within the interval of the
-    best config that fits. The best config always races; of the others, first those that could beat
-    it (more accurate), fastest first, since the race decides whether they fit; then those that
-    could tie with it, most accurate first. Configs whose accuracy comes from the same pooled samples
-    (the same branches, aggregator and sampling, with and without lossless speculation) count once
-    towards `limit` and race together: their accuracy is the same, which of them is faster is what
-    the race tells. Where the budget may lie lower, the best other config that fits there races too:
-    were the best slower when timed again, it is the answer at the bottom of the range.
+    best config that fits. Configs that share their samples (the same branches and sampling, any
+    aggregator, with and without lossless speculation) count once towards `limit` and race
+    together: the race times their generations, which every aggregator of them reuses, and tells
+    which speculative twin is faster. The best config's always race; of the others, first those
+    that could beat it (more accurate), fastest first, since the race decides whether they fit; then
+    those that could tie with it, most accurate first. Where the budget may lie lower, the best
+    config of other samples that fits there races too: were the best slower when timed again, it is
+    the answer at the bottom of the range.
     """
     low, high = budget_range or (budget_s, budget_s)
     best = best_within(trials, budget_s, statistic)
@@ -56,30 +57,26 @@ def finalists(
     could = [
         t for t in completed(trials) if latency_interval(t, statistic)[0] <= high and t.accuracy >= best.accuracy_ci[0]
     ]
-    order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
-    fastest: dict[str, TrialSummary] = {}
-    for t in sorted(could, key=order):
-        fastest.setdefault(accuracy_identity(t), t)
-
-    def rank(t: TrialSummary) -> tuple[bool, float, int]:
-        beats = t.accuracy > best.accuracy
-        return (not beats, _latency(t, statistic) if beats else -t.accuracy, t.number)
-
-    others = [accuracy_identity(t) for t in sorted(fastest.values(), key=rank) if accuracy_identity(t) != accuracy_identity(best)]
-    ranked = {*others[: limit - 1], accuracy_identity(best)}
-    racing = [t for t in could if accuracy_identity(t) in ranked]
-    surely = best_within([t for t in trials if accuracy_identity(t) != accuracy_identity(best)], low, statistic) if low < budget_s else None
+    beats = [t for t in could if t.accuracy > best.accuracy]
+    # Each other sample set ranked by its fastest config that could beat the best, else its most accurate.
+    rank: dict[str, tuple[bool, float]] = {}
+    for t in could:
+        key = (False, _latency(t, statistic)) if t in beats else (True, -t.accuracy)
+        rank[shared_samples(t)] = min(rank.get(shared_samples(t), key), key)
+    rank.pop(shared_samples(best), None)
+    racing_samples = {*sorted(rank, key=lambda s: (rank[s], s))[: limit - 1], shared_samples(best)}
+    racing = [t for t in could if shared_samples(t) in racing_samples]
+    others = [t for t in trials if shared_samples(t) != shared_samples(best)]
+    surely = best_within(others, low, statistic) if low < budget_s else None
     if surely is not None and surely not in racing:
         racing.append(surely)
-    return sorted(racing, key=order)
+    return sorted(racing, key=lambda t: (-t.accuracy, _latency(t, statistic), t.number))
 
 
-def accuracy_identity(trial: TrialSummary) -> str:
-    """What a trial's accuracy comes from: twins (the same branches, aggregator and sampling from the
-    sample pool, with and without lossless speculation) share one, so their accuracy is the same."""
-    if trial.accuracy_source != "pool":
-        return f"trial {trial.number}"
-    return trial.config.without_speculation().key()
+def shared_samples(trial: TrialSummary) -> str:
+    """What a trial's branches are generated as: the same branches and sampling, whatever the
+    aggregator and whether lossless speculation drafts them (pooled, their answers are the same)."""
+    return trial.config.generation().without_speculation().key()
 
 
 def paired_margin(a: Mapping[int, float], b: Mapping[int, float], seed: int = 0) -> tuple[float, tuple[float, float]]:
