@@ -164,6 +164,16 @@ def test_a_range_names_every_answer_across_it():
     accuracies = {n: {i: 0.5 for i in range(10)} for n in (30, 31, 32)}
     answer = budget_answer(0.187, raced, accuracies, "mean", 3, budget_range=(0.160, 0.228))
     assert (answer.trial, answer.runner_up, answer.verdict, answer.edge) == (31, 32, "tied", [30, 32])
+    # Which lossless twin is faster changes from run to run: where one answers, the others tie too,
+    # if they may fit under the top of the range.
+    ngram = dict(speculative_method="ngram", num_speculative_tokens=4)
+    eight_ngram = replace(eight, id=33, number=33, config=replace(eight.config, **ngram),
+                          latency_s=LatencyStats(*[0.2] * 4), latency_ci={"mean": (0.19, 0.21)})
+    sixteen_ngram = replace(sixteen, id=34, number=34, config=replace(sixteen.config, **ngram),  # over the top
+                            latency_s=LatencyStats(*[0.3] * 4), latency_ci={"mean": (0.29, 0.31)})
+    accuracies.update({33: accuracies[31], 34: accuracies[32]})
+    twinned = budget_answer(0.187, [*raced, eight_ngram, sixteen_ngram], accuracies, "mean", 3, budget_range=(0.160, 0.228))
+    assert (twinned.trial, twinned.runner_up, twinned.edge) == (31, 32, [30, 32, 33])
     # An absolute budget: only the one that may fit at the top, as before.
     assert [t.number for t in answers_across(raced, (0.187, 0.187), "mean")] == [31]
     assert budget_answer(0.23, raced, accuracies, "mean", 3).edge == [32]

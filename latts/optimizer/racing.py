@@ -103,6 +103,19 @@ def answers_across(
     return list({t.number: t for t in found if t is not None}.values())
 
 
+def lossless_twins(of: Sequence[TrialSummary], raced: Sequence[TrialSummary], high: float, statistic: LatencyStatistic) -> list[TrialSummary]:
+    """The finalists with the same accuracy from the same branches and aggregator as one of `of`,
+    with or without lossless speculation, that may fit under `high`: which twin is faster changes
+    from run to run, so where one answers, the others tie with it."""
+    named = {t.number for t in of}
+    twins = {(t.config.without_speculation(), t.accuracy) for t in of}
+    return [
+        t
+        for t in sorted(raced, key=lambda t: (_latency(t, statistic), t.number))
+        if t.number not in named and (t.config.without_speculation(), t.accuracy) in twins and latency_interval(t, statistic)[0] <= high
+    ]
+
+
 def budget_answer(
     budget_s: float,
     raced: Sequence[TrialSummary],
@@ -119,8 +132,9 @@ def budget_answer(
     budget lies at `budget_s`. The choice fits confidently when its latency interval lies under the
     bottom of the range; it beats the runner-up (the next most accurate finalist that fits) when
     their paired accuracy difference excludes zero. Where other finalists answer the budget
-    elsewhere in its range (answers_across), the answer is tied with them at the edge, and the
-    runner-up is the nearest of them: the next more accurate one, else the next faster one.
+    elsewhere in its range (answers_across), the answer is tied with them and their lossless twins
+    at the edge, and the runner-up is the nearest of them: the next more accurate one, else the
+    next faster one.
     """
     low, high = budget_range or (budget_s, budget_s)
     low, high = min(low, budget_s), max(high, budget_s)
@@ -132,9 +146,12 @@ def budget_answer(
     chosen = fitting[0]
     upper = _interval(chosen, statistic)[1]
     fits_confidently = upper is not None and upper <= low
-    across = [t.number for t in answers_across(raced, (low, high), statistic)]
+    answers = answers_across(raced, (low, high), statistic)
+    across = [t.number for t in answers]
     at = across.index(chosen.number)
     edge = [n for n in across if n != chosen.number]
+    if edge:  # the range has other answers: each one's twins (and the choice's) are answers too
+        edge += [t.number for t in lossless_twins(answers, raced, high, statistic)]
     if not edge and len(fitting) == 1:
         return BudgetAnswer(budget_s, chosen.number, None, fits_confidently, None, None, "alone", rounds, numbers, (low, high))
     runner_up = (across[at + 1 :] or across[:at][-1:] or [fitting[1].number])[0] if edge else fitting[1].number
