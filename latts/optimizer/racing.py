@@ -6,7 +6,7 @@ again in interleaved rounds (so drift over time hits them all alike) and then as
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,11 @@ def _latency(trial: TrialSummary, statistic: LatencyStatistic) -> float:
 
 def _interval(trial: TrialSummary, statistic: LatencyStatistic) -> tuple[float | None, float | None]:
     return (trial.latency_ci or {}).get(statistic, (None, None))
+
+
+def _most_accurate_first(statistic: LatencyStatistic) -> Callable[[TrialSummary], tuple[float, float, int]]:
+    """Sort key: most accurate first, the faster of equally accurate ones first."""
+    return lambda t: (-t.accuracy, _latency(t, statistic), t.number)
 
 
 def latency_interval(trial: TrialSummary, statistic: LatencyStatistic) -> tuple[float, float]:
@@ -36,17 +41,17 @@ def finalists(
     limit: int,
     budget_range: tuple[float, float] | None = None,
 ) -> list[TrialSummary]:
-    """The configs that could be the budget's answer, most accurate first: from at most `limit`
-    branch counts, and for a relative budget the best other config that fits the bottom of its range.
+    """The configs that could be the budget's answer, most accurate first: of at most `limit` sample
+    sets (below), and for a relative budget the best config of another that fits the bottom of its range.
 
     Those whose latency interval reaches under the budget (under the top of `budget_range`, where a
     relative budget moves with its reference) and whose accuracy lies within the interval of the
     best config that fits. Configs that share their samples (the same branches and sampling, any
     aggregator, with and without lossless speculation) count once towards `limit` and race
     together: the race times their generations, which every aggregator of them reuses, and tells
-    which speculative twin is faster. The best config's always race; of the others, first those
-    that could beat it (more accurate), fastest first, since the race decides whether they fit; then
-    those that could tie with it, most accurate first. Where the budget may lie lower, the best
+    which speculative twin is faster. The best config's set always races; of the others, first
+    those that could beat it (more accurate), fastest first, since the race decides whether they
+    fit; then those that could tie with it, most accurate first. Where the budget may lie lower, the best
     config of other samples that fits there races too: were the best slower when timed again, it is
     the answer at the bottom of the range.
     """
@@ -57,11 +62,10 @@ def finalists(
     could = [
         t for t in completed(trials) if latency_interval(t, statistic)[0] <= high and t.accuracy >= best.accuracy_ci[0]
     ]
-    beats = [t for t in could if t.accuracy > best.accuracy]
     # Each other sample set ranked by its fastest config that could beat the best, else its most accurate.
     rank: dict[str, tuple[bool, float]] = {}
     for t in could:
-        key = (False, _latency(t, statistic)) if t in beats else (True, -t.accuracy)
+        key = (False, _latency(t, statistic)) if t.accuracy > best.accuracy else (True, -t.accuracy)
         rank[shared_samples(t)] = min(rank.get(shared_samples(t), key), key)
     rank.pop(shared_samples(best), None)
     racing_samples = {*sorted(rank, key=lambda s: (rank[s], s))[: limit - 1], shared_samples(best)}
@@ -70,7 +74,7 @@ def finalists(
     surely = best_within(others, low, statistic) if low < budget_s else None
     if surely is not None and surely not in racing:
         racing.append(surely)
-    return sorted(racing, key=lambda t: (-t.accuracy, _latency(t, statistic), t.number))
+    return sorted(racing, key=_most_accurate_first(statistic))
 
 
 def shared_samples(trial: TrialSummary) -> str:
@@ -96,7 +100,7 @@ def answers_across(
     that fits its bottom, then each that becomes the answer as the budget rises through the range,
     and at its top the most accurate whose latency interval reaches under it (it may fit)."""
     low, high = budget_range
-    order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
+    order = _most_accurate_first(statistic)
     points = sorted({low, *(_latency(t, statistic) for t in raced if low < _latency(t, statistic) <= high)})
     found = [min((t for t in raced if _latency(t, statistic) <= b), key=order, default=None) for b in points]
     found.append(min((t for t in raced if latency_interval(t, statistic)[0] <= high), key=order, default=None))
@@ -139,8 +143,7 @@ def budget_answer(
     low, high = budget_range or (budget_s, budget_s)
     low, high = min(low, budget_s), max(high, budget_s)
     numbers = [t.number for t in raced]
-    order = lambda t: (-t.accuracy, _latency(t, statistic), t.number)  # noqa: E731
-    fitting = sorted((t for t in raced if _latency(t, statistic) <= budget_s), key=order)
+    fitting = sorted((t for t in raced if _latency(t, statistic) <= budget_s), key=_most_accurate_first(statistic))
     if not fitting:
         return BudgetAnswer(budget_s, None, None, False, None, None, "nothing-fits", rounds, numbers, (low, high))
     chosen = fitting[0]
@@ -154,7 +157,7 @@ def budget_answer(
         edge += [t.number for t in lossless_twins(answers, raced, high, statistic)]
     if not edge and len(fitting) == 1:
         return BudgetAnswer(budget_s, chosen.number, None, fits_confidently, None, None, "alone", rounds, numbers, (low, high))
-    runner_up = (across[at + 1 :] or across[:at][-1:] or [fitting[1].number])[0] if edge else fitting[1].number
+    runner_up = (across[at + 1 :] or across[:at][-1:])[0] if edge else fitting[1].number
     margin, interval = paired_margin(accuracies[chosen.number], accuracies[runner_up], seed)
     verdict = "beats" if interval[0] > 0 and not edge else "tied"
     return BudgetAnswer(budget_s, chosen.number, runner_up, fits_confidently, margin, interval, verdict, rounds, numbers, (low, high), edge)
