@@ -61,7 +61,7 @@ from latts.core.records import TrialState, TrialSummary
 from latts.core.spec import parse_spec
 from latts.optimizer.controller import Controller, TuneState
 from latts.optimizer.frontier import best_within, completed
-from latts.optimizer.racing import latency_interval
+from latts.optimizer.racing import latency_interval, twin_key
 from latts.optimizer.replay import LABEL, ReplayWorkers
 from latts.storage import Repository, redact
 
@@ -82,8 +82,7 @@ def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], stati
             keys |= {
                 t.config.key()
                 for t in completed(trials)
-                if t.config.without_speculation() == best.config.without_speculation() and t.accuracy == best.accuracy
-                and t.latency_s.get(statistic) <= budget
+                if twin_key(t) == twin_key(best) and t.latency_s.get(statistic) <= budget
                 and _overlap(latency_interval(t, statistic), low, high)
             }
         found.append(frozenset(keys))

@@ -34,6 +34,11 @@ def _multiple(budget: str) -> float:
     return float(budget.removesuffix("x"))
 
 
+def _seconds(budget: float | str, reference_s: float) -> float:
+    """A budget in seconds: a relative one as a multiple of the reference's latency (4 significant digits)."""
+    return float(f"{_multiple(budget) * reference_s:.4g}") if isinstance(budget, str) else budget
+
+
 def _check_relative(value: str) -> str:
     if not re.fullmatch(r"\d+(\.\d+)?x", value) or _multiple(value) <= 0:
         raise ValueError(f"{value!r} is not a budget; give seconds (0.5) or a multiple of one branch without speculation (1.5x)")
@@ -382,14 +387,14 @@ class StudySpec(_Strict):
 
     def resolve_budgets(self, reference_s: float) -> list[float]:
         """Budgets in seconds, given the reference config's latency statistic."""
-        return sorted({float(f"{_multiple(b) * reference_s:.4g}") if isinstance(b, str) else b for b in self.budgets_s})
+        return sorted({_seconds(b, reference_s) for b in self.budgets_s})
 
     def budget_ranges(self, reference_s: float, reference_range: tuple[float, float]) -> dict[float, tuple[float, float]]:
         """Where each budget (as resolve_budgets gives it) may lie: a relative one moves with its
         reference's latency over `reference_range`; an absolute one stays put."""
         ranges: dict[float, tuple[float, float]] = {}
         for b in self.budgets_s:
-            point = float(f"{_multiple(b) * reference_s:.4g}") if isinstance(b, str) else b
+            point = _seconds(b, reference_s)
             low, high = (_multiple(b) * reference_range[0], _multiple(b) * reference_range[1]) if isinstance(b, str) else (b, b)
             known = ranges.get(point, (point, point))
             ranges[point] = (min(low, point, known[0]), max(high, point, known[1]))

@@ -297,11 +297,12 @@ class Controller:
         ranges: dict[float, tuple[float, float]] = {}
         if reference is not None:
             self._time_again(pool, [reference.generation_id])
-            self._resolve_budgets(self.repo.trials(spec.study), settle=True)
-            reference = self._reference_trial(self.repo.trials(spec.study))
+        trials = self.repo.trials(spec.study)
+        if reference is not None:
+            self._resolve_budgets(trials, settle=True)
+            reference = self._reference_trial(trials)
             per_round = round_latencies(reference.config, self.repo.timed_problems(reference.generation_id), statistic)
             ranges = spec.budget_ranges(reference.latency_s.get(statistic), (min(per_round), max(per_round)))
-        trials = self.repo.trials(spec.study)
         picks = {b: finalists(trials, b, statistic, spec.race.finalists, ranges.get(b)) for b in self.budgets}
         self._time_again(pool, sorted({t.generation_id for raced in picks.values() for t in raced}))
         trials = {t.number: t for t in self.repo.trials(spec.study)}

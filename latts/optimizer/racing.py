@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary
+from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary, TTSConfig
 from latts.optimizer.frontier import best_within, completed
 
 
@@ -51,9 +51,9 @@ def finalists(
     together: the race times their generations, which every aggregator of them reuses, and tells
     which speculative twin is faster. The best config's set always races; of the others, first
     those that could beat it (more accurate), fastest first, since the race decides whether they
-    fit; then those that could tie with it, most accurate first. Where the budget may lie lower, the best
-    config of other samples that fits there races too: were the best slower when timed again, it is
-    the answer at the bottom of the range.
+    fit; then those that could tie with it, most accurate first. Where the budget may lie lower,
+    the best config of other samples that fits there races too: were the best slower when timed
+    again, it is the answer at the bottom of the range.
     """
     low, high = budget_range or (budget_s, budget_s)
     best = best_within(trials, budget_s, statistic)
@@ -62,15 +62,16 @@ def finalists(
     could = [
         t for t in completed(trials) if latency_interval(t, statistic)[0] <= high and t.accuracy >= best.accuracy_ci[0]
     ]
+    best_samples = shared_samples(best)
     # Each other sample set ranked by its fastest config that could beat the best, else its most accurate.
     rank: dict[str, tuple[bool, float]] = {}
     for t in could:
         key = (False, _latency(t, statistic)) if t.accuracy > best.accuracy else (True, -t.accuracy)
         rank[shared_samples(t)] = min(rank.get(shared_samples(t), key), key)
-    rank.pop(shared_samples(best), None)
-    racing_samples = {*sorted(rank, key=lambda s: (rank[s], s))[: limit - 1], shared_samples(best)}
+    rank.pop(best_samples, None)
+    racing_samples = {*sorted(rank, key=lambda s: (rank[s], s))[: limit - 1], best_samples}
     racing = [t for t in could if shared_samples(t) in racing_samples]
-    others = [t for t in trials if shared_samples(t) != shared_samples(best)]
+    others = [t for t in trials if shared_samples(t) != best_samples]
     surely = best_within(others, low, statistic) if low < budget_s else None
     if surely is not None and surely not in racing:
         racing.append(surely)
@@ -107,16 +108,21 @@ def answers_across(
     return list({t.number: t for t in found if t is not None}.values())
 
 
+def twin_key(trial: TrialSummary) -> tuple[TTSConfig, float]:
+    """What lossless twins share: the same branches, aggregator and sampling, with or without
+    lossless speculation, and the same accuracy (the same pooled answers)."""
+    return trial.config.without_speculation(), trial.accuracy
+
+
 def lossless_twins(of: Sequence[TrialSummary], raced: Sequence[TrialSummary], high: float, statistic: LatencyStatistic) -> list[TrialSummary]:
-    """The finalists with the same accuracy from the same branches and aggregator as one of `of`,
-    with or without lossless speculation, that may fit under `high`: which twin is faster changes
-    from run to run, so where one answers, the others tie with it."""
+    """The finalists that are lossless twins of one of `of` and may fit under `high`: which twin is
+    faster changes from run to run, so where one answers, the others tie with it."""
     named = {t.number for t in of}
-    twins = {(t.config.without_speculation(), t.accuracy) for t in of}
+    twins = {twin_key(t) for t in of}
     return [
         t
         for t in sorted(raced, key=lambda t: (_latency(t, statistic), t.number))
-        if t.number not in named and (t.config.without_speculation(), t.accuracy) in twins and latency_interval(t, statistic)[0] <= high
+        if t.number not in named and twin_key(t) in twins and latency_interval(t, statistic)[0] <= high
     ]
 
 
