@@ -9,7 +9,7 @@ from pathlib import Path
 
 from latts.core.records import Branch, FilledProblem, GenerationPlan, GenerationResult, TimedProblem, TTSConfig
 from latts.core.spec import SamplingSpec, parse_spec
-from latts.optimizer.evaluation import evaluate
+from latts.optimizer.evaluation import evaluate, problem_accuracies
 from latts.problems import Problem
 from latts.storage import Repository
 from latts.workers.pool import Finished
@@ -119,7 +119,7 @@ def store_trials(repo: Repository, study: str, trials: tuple[HandTrial, ...]) ->
         result = _result(trial)
         repo.finish_generation(generation_id, result)
         problems = [Problem(f"p{i}", f"Q{i}", "42") for i in range(len(result.timed))]
-        repo.complete_trial(trial_id, evaluate(trial.config, result.timed, problems, {}))
+        repo.complete_trial(trial_id, evaluate(trial.config, result.timed, problem_accuracies(trial.config, result.timed, problems, {}), from_pool=False))
 
 
 class ControllerDied(Exception):

@@ -367,3 +367,7 @@ def test_every_trial_is_scored_on_the_pool_as_the_search_left_it(tmp_path):
     trials = {(t.config.branches, t.config.speculative_method): t for t in repo.trials("loop")}
     assert trials[(1, "ngram")].lossless.verdict == "lossless"
     assert 0 < trials[(1, None)].accuracy == trials[(1, "ngram")].accuracy < 1, {k: t.accuracy for k, t in trials.items()}
+    # The baseline was scored first, on its own right answers only: scored again on the pool as it
+    # ended, with the one-branch configs' wrong answers in it (an estimate kept from the pool as it
+    # was would say 1.0 here).
+    assert trials[(2, None)].accuracy == trials[(2, "ngram")].accuracy == pytest.approx(2 / 3)

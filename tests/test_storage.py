@@ -15,7 +15,7 @@ import pytest
 
 from latts.core.records import Branch, GenerationResult, PoolDraw, TimedProblem, TrialState, TrialSummary
 from latts.core.statistics import wilson_interval
-from latts.optimizer.evaluation import evaluate
+from latts.optimizer.evaluation import evaluate, problem_accuracies
 from latts.problems import Problem
 from latts.storage import Repository, StorageError, Taken
 from tests.conftest import PG_SERVER, pg_schema_url
@@ -62,7 +62,7 @@ def store(repo, number, config_, result, study="s1") -> TrialSummary:
     """A generation and its config stored as the controller stores them (accuracy measured on the timed problems)."""
     generation_id, trial_id = repo.claim(study, number, config_, None)
     repo.finish_generation(generation_id, result)
-    return repo.complete_trial(trial_id, evaluate(config_, result.timed, PROBLEMS, {}))
+    return repo.complete_trial(trial_id, evaluate(config_, result.timed, problem_accuracies(config_, result.timed, PROBLEMS, {}), from_pool=False))
 
 
 def setup_study(repo, study="s1", hardware="cpu-2core", model="demo:target", benchmark="arith"):
@@ -83,7 +83,7 @@ def test_round_trip(repo):
     latencies = [0.5, 0.1, 0.3, 0.9, 0.2]
     result = make_result(latencies, [True, True, False, True, False], drafted_tokens=100, accepted_tokens=60, num_drafts=25)
     repo.finish_generation(generation_id, result)
-    summary = repo.complete_trial(trial_id, evaluate(CONFIG, result.timed, PROBLEMS, {}))
+    summary = repo.complete_trial(trial_id, evaluate(CONFIG, result.timed, problem_accuracies(CONFIG, result.timed, PROBLEMS, {}), from_pool=False))
 
     assert summary.state == "COMPLETE" and summary.hardware == "cpu-2core" and summary.study == "s1"
     assert summary.accuracy == 0.6 and summary.n_problems == 5 and summary.accuracy_source == "measured"

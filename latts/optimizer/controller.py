@@ -53,6 +53,7 @@ from latts.core.records import (
     GenerationSummary,
     PoolDraw,
     PooledSample,
+    TimedProblem,
     TrialNumbers,
     TrialState,
     TrialSummary,
@@ -191,6 +192,7 @@ class Controller:
         self._problems: list[Problem] = []
         self._shas: list[str] = []
         self._pools: dict[tuple[str, str | None], tuple[tuple, dict[str, list[PooledSample]]]] = {}  # read, by version
+        self._estimates: dict[tuple[str, str | None], tuple[tuple, dict[str, dict[int, float]]]] = {}  # pool accuracies, by version
         self.budgets: list[float] = []  # in seconds; relative ones join once the reference config is measured
         self._controller: tuple[int, str] | None = None  # this controller's id and name, while it runs
         self._elsewhere: dict[str, int] = {}  # configs other controllers of the study run now -> their trial numbers
@@ -309,7 +311,10 @@ class Controller:
         answers = []
         for budget, raced in picks.items():
             refreshed = [trials[t.number] for t in raced]
-            accuracies = {t.number: self._problem_accuracies(t.config, t.generation_id) for t in refreshed}
+            accuracies = {
+                t.number: self._problem_accuracies(t.config, self.repo.timed_problems(t.generation_id), self._pool_for(t.config, t.generation_id))
+                for t in refreshed
+            }
             answers.append(budget_answer(budget, refreshed, accuracies, statistic, spec.race.rounds, spec.seed, ranges.get(budget)))
         self.repo.record_budget_answers(spec.study, answers)
         self._update_best()
@@ -704,11 +709,14 @@ class Controller:
     def _pool(self, generation: Generation) -> dict[str, list[PooledSample]]:
         """The generation's pool, every problem's samples, with its verifier's scores: read again only
         once it changed (every config is scored on it, and a pool holds thousands of samples)."""
-        key = (self._pool_key(generation), generation.verifier)
+        key = self._pool_cache_key(generation)
         version = self.repo.pool_version(*key)
         if key not in self._pools or self._pools[key][0] != version:
             self._pools[key] = (version, self.repo.pool_samples(key[0], self._shas, key[1]))
         return self._pools[key][1]
+
+    def _pool_cache_key(self, generation: Generation) -> tuple[str, str | None]:
+        return (self._pool_key(generation), generation.verifier)
 
     def _pooled(self, generation: Generation, indices: list[int], scored_only: bool = True) -> dict[int, list[Branch]]:
         """Pooled samples of these problems (with the generation's verifier scores where it has one)."""
@@ -735,13 +743,26 @@ class Controller:
         return summaries
 
     def _numbers(self, config: TTSConfig, generation_id: int) -> TrialNumbers:
-        timed = self.repo.timed_problems(generation_id)
-        return evaluate(config, timed, self._problems, self.spec.aggregation.model_dump(), self._pool_for(config, generation_id), self.spec.seed)
+        timed, pool = self.repo.timed_problems(generation_id), self._pool_for(config, generation_id)
+        return evaluate(config, timed, self._problem_accuracies(config, timed, pool), pool is not None, self.spec.seed)
 
-    def _problem_accuracies(self, config: TTSConfig, generation_id: int) -> dict[int, float]:
-        timed = self.repo.timed_problems(generation_id)
+    def _problem_accuracies(self, config: TTSConfig, timed: list[TimedProblem], pool: dict[int, list[Branch]] | None) -> dict[int, float]:
+        """Each problem's accuracy for the config (from `pool`, `_pool_for`'s, where not None). From the
+        pool it depends only on the pool and the config without its speculation, so it is estimated
+        once per pool version for a config and all its lossless twins (a grid of 17 speculative
+        choices asked 17 times for each, and a replay spent three quarters of its time there)."""
         parameters = self.spec.aggregation.model_dump()
-        return problem_accuracies(config, timed, self._problems, parameters, self._pool_for(config, generation_id), self.spec.seed)
+        if pool is None:
+            return problem_accuracies(config, timed, self._problems, parameters)
+        key = self._pool_cache_key(config)
+        version = self._pools[key][0]  # as _pool_for just read it
+        if self._estimates.get(key, (None,))[0] != version:
+            self._estimates[key] = (version, {})
+        known = self._estimates[key][1]
+        twins = config.without_speculation().key()
+        if twins not in known:
+            known[twins] = problem_accuracies(config, timed, self._problems, parameters, pool, self.spec.seed)
+        return known[twins]
 
     def _pool_for(self, config: TTSConfig, generation_id: int) -> dict[int, list[Branch]] | None:
         """Every problem's pooled samples when the config's accuracy can come from the pool, else None."""

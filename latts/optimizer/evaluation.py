@@ -92,26 +92,20 @@ def problem_accuracies(
     }
 
 
-def evaluate(
-    config: TTSConfig,
-    timed: Sequence[TimedProblem],
-    problems: Sequence[Problem],
-    parameters: Mapping[str, int],
-    pool: Mapping[int, Sequence[Branch]] | None = None,
-    seed: int = 0,
-) -> TrialNumbers:
-    """Accuracy from the pool when given, else from the timed problems; latency over every timing.
+def evaluate(config: TTSConfig, timed: Sequence[TimedProblem], per_problem: Mapping[int, float], from_pool: bool, seed: int = 0) -> TrialNumbers:
+    """A config's numbers from its problems' accuracies (`problem_accuracies`) and its timings.
 
     Pool accuracy is the mean of the problems' estimates with a 95% bootstrap interval over
-    problems; measured accuracy is the share answered correctly, with a Wilson interval.
+    problems; measured accuracy is the share answered correctly, with a Wilson interval. Latency
+    is over every timing.
     """
     seconds = latencies(config, timed)
     latency, latency_ci = latency_stats(seconds), latency_intervals(seconds, seed=seed)
     n_timed = len({p.index for p in timed})
-    per_problem = list(problem_accuracies(config, timed, problems, parameters, pool, seed).values())
-    n, accuracy = len(per_problem), float(np.mean(per_problem))
-    if pool is None:
+    accuracies = list(per_problem.values())
+    n, accuracy = len(accuracies), float(np.mean(accuracies))
+    if not from_pool:
         right = round(accuracy * n)
         return TrialNumbers(accuracy, wilson_interval(right, n), "measured", n, latency, latency_ci, n_timed)
-    interval = bootstrap_mean_interval(per_problem, seed=seed)
+    interval = bootstrap_mean_interval(accuracies, seed=seed)
     return TrialNumbers(accuracy, interval, "pool", n, latency, latency_ci, n_timed)
