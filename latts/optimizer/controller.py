@@ -191,8 +191,8 @@ class Controller:
         self._owed = 0  # configs the controller picks at random before the sampler chooses again
         self._problems: list[Problem] = []
         self._shas: list[str] = []
-        self._pools: dict[tuple[str, str | None], tuple[tuple, dict[str, list[PooledSample]]]] = {}  # read, by version
-        self._estimates: dict[tuple[str, str | None], tuple[tuple, dict[str, dict[int, float]]]] = {}  # pool accuracies, by version
+        # Each pool as last read: its version, samples, and the accuracy estimates made on them.
+        self._pools: dict[tuple[str, str | None], tuple[tuple, dict[str, list[PooledSample]], dict[str, dict[int, float]]]] = {}
         self.budgets: list[float] = []  # in seconds; relative ones join once the reference config is measured
         self._controller: tuple[int, str] | None = None  # this controller's id and name, while it runs
         self._elsewhere: dict[str, int] = {}  # configs other controllers of the study run now -> their trial numbers
@@ -712,7 +712,7 @@ class Controller:
         key = self._pool_cache_key(generation)
         version = self.repo.pool_version(*key)
         if key not in self._pools or self._pools[key][0] != version:
-            self._pools[key] = (version, self.repo.pool_samples(key[0], self._shas, key[1]))
+            self._pools[key] = (version, self.repo.pool_samples(key[0], self._shas, key[1]), {})
         return self._pools[key][1]
 
     def _pool_cache_key(self, generation: Generation) -> tuple[str, str | None]:
@@ -754,11 +754,7 @@ class Controller:
         parameters = self.spec.aggregation.model_dump()
         if pool is None:
             return problem_accuracies(config, timed, self._problems, parameters)
-        key = self._pool_cache_key(config)
-        version = self._pools[key][0]  # as _pool_for just read it
-        if self._estimates.get(key, (None,))[0] != version:
-            self._estimates[key] = (version, {})
-        known = self._estimates[key][1]
+        known = self._pools[self._pool_cache_key(config)][2]  # as _pool_for just read it
         twins = config.without_speculation().key()
         if twins not in known:
             known[twins] = problem_accuracies(config, timed, self._problems, parameters, pool, self.spec.seed)
