@@ -13,7 +13,8 @@ draft lengths 0 to 8 for ngram and the demo draft model, every aggregator withou
 Each strategy then searches the same space again under each seed, in a new study whose trials are
 answered from the landscape's stored rows (latts.optimizer.replay): **replay, for benchmarking
 only**; no engine runs and no number is new. The replays go to a copy of the database, never to
-the original. `greedy` is deterministic, so its seeds agree.
+the original. `greedy` and `staged` are deterministic: each is replayed once, and its count stands
+for every seed.
 
 A replayed config's latency is the landscape's; its accuracy, where it comes from the sample pool,
 is estimated again on the pool as the landscape left it, the same for every strategy. So each
@@ -65,7 +66,8 @@ from latts.optimizer.racing import latency_interval, twin_key
 from latts.optimizer.replay import LABEL, ReplayWorkers
 from latts.storage import Repository, redact
 
-SAMPLERS = ("random", "tpe", "nsga2", "gp", "greedy")
+SAMPLERS = ("random", "tpe", "nsga2", "gp", "greedy", "staged")
+DETERMINISTIC = ("greedy", "staged")  # no seed changes what they measure: replayed once, counted for every seed
 
 
 def best_configs(trials: Sequence[TrialSummary], budgets: Sequence[float], statistic: str, tied: bool = False) -> list[frozenset[str]]:
@@ -152,7 +154,8 @@ def compare(
     landscape = replay(repo, url, source, "grid", 0)
     budgets = repo.study(landscape[0].study).budgets_s or []
     targets = (best_configs(landscape, budgets, spec.latency_statistic), best_configs(landscape, budgets, spec.latency_statistic, tied=True))
-    jobs = [(sampler, seed) for seed in seeds for sampler in samplers]  # seeds interleaved: slow samplers spread out
+    # Seeds interleaved, so slow samplers spread out; a deterministic sampler once, its count for every seed.
+    jobs = [(sampler, seed) for seed in seeds for sampler in samplers if seed == seeds[0] or sampler not in DETERMINISTIC]
     needed: dict[str, list[Needed]] = {sampler: [] for sampler in samplers}
     folder = tempfile.mkdtemp(prefix="latts-replays-")
     context = multiprocessing.get_context("spawn")  # no fork of open database connections
@@ -162,7 +165,7 @@ def compare(
             started = time.monotonic()
             for (sampler, seed), counts in zip(jobs, pool.map(_needed, *zip(*[(source, s, seed, targets) for s, seed in jobs]))):
                 print(f"  {sampler} seed {seed}: {show(counts[0])} ({show(counts[1])} twins counted) ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-                needed[sampler].append(counts)
+                needed[sampler] += [counts] * (len(seeds) if sampler in DETERMINISTIC else 1)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return needed

@@ -16,7 +16,7 @@ from latts.core.failures import OUT_OF_MEMORY
 from latts.core.records import TrialState
 from latts.core.spec import AGGREGATOR_VERIFIER, parse_spec
 from latts.optimizer import controller as controller_module
-from latts.optimizer import greedy
+from latts.optimizer import greedy, staged
 from latts.optimizer.controller import INTERRUPTED, REPEAT_OF, Controller
 from latts.storage import Repository
 from tests.handmade import ControllerDied, FakeWorkers
@@ -126,7 +126,7 @@ def test_a_race_where_no_budget_has_a_fitting_config_answers_nothing_fits(tmp_pa
     assert workers.raced == [] and [a.verdict for a in repo.budget_answers("loop")] == ["nothing-fits"]
 
 
-@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "greedy"])
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2", "gp", "greedy", "staged"])
 def test_repeats_are_answered_from_storage_and_stay_few(tmp_path, sampler):
     space = {"branches": [1, 2, 4, 8], "speculative": ["none"], "aggregator": ["majority", "weighted_mean_logprob"]}
     # Accuracy grows with the branches (each config scored on its own samples): greedy's walks then cover the space.
@@ -219,6 +219,34 @@ def test_greedy_measures_what_its_walks_ask_for(tmp_path):
     assert set(order) <= measured
     assert controller.state.greedy_stopped and controller.state.done == len(measured) < controller.state.target
     assert len(optuna_trials(tmp_path)) == len(measured)
+
+
+def test_staged_measures_what_its_plan_asks_for_in_its_order(tmp_path):
+    """The controller's staged search measures the points the pure plan wants, in its order, after the
+    baseline it queues first; with n_trials short of the grid it stops there."""
+    space = {"branches": [1, 2, 4, 8], "speculative": ["none", {"method": "ngram", "num_speculative_tokens": [1, 2, 3, 4]}]}
+    speedup = {None: 1.0, 1: 0.9, 2: 0.7, 3: 0.6, 4: 0.65}
+    accuracy = {1: 0.2, 2: 0.5, 4: 0.7, 8: 0.8}
+    budgets = [0.015, 0.03]
+    label = {None: "none", **{k: f"ngram:k={k}" for k in range(1, 5)}}
+
+    def outcome(branches, k):
+        return accuracy[branches], 0.01 * branches * speedup[k] * (1.2 if branches == 8 and k else 1.0)
+
+    n_trials = 14
+    controller, workers, repo = tune(
+        tmp_path, n_trials=n_trials, landscape=lambda g: outcome(g.branches, g.num_speculative_tokens),
+        spec={"search_space": space, "sampler": "staged", "sample_pool": False, "budgets_s": budgets},
+    )
+    lattice = greedy.Lattice((1, 2, 4, 8), (tuple(label[k] for k in range(1, 5)),))
+    order, measured = [], {}
+    while wanted := staged.plan(lattice, budgets, measured):
+        b, s = wanted[0]
+        measured[wanted[0]] = [outcome(b, {v: k for k, v in label.items()}[s])]
+        order.append(wanted[0])
+    submitted = [(g.branches, label[g.num_speculative_tokens]) for g in workers.submitted]
+    assert submitted == [(8, "none"), *[p for p in order if p != (8, "none")]][:n_trials]
+    assert len(repo.trials("loop")) == n_trials == len(optuna_trials(tmp_path)) and not controller.state.greedy_stopped
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2"])

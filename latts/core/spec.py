@@ -21,7 +21,7 @@ from latts.core.records import METHODS_WITH_MODEL, EngineKey, Generation, Latenc
 from latts.demo import models as demo_models
 
 ProblemSetName = Literal["arith", "math500", "gsm8k", "jsonl"]
-SamplerName = Literal["nsga2", "tpe", "gp", "random", "grid", "greedy"]
+SamplerName = Literal["nsga2", "tpe", "gp", "random", "grid", "greedy", "staged"]
 NONE = "none"
 # The search dimension that pairs an aggregator with a verifier (or none): only valid pairs are offered.
 AGGREGATOR_VERIFIER = "aggregator_verifier"

@@ -4,8 +4,9 @@ Optuna is offered only valid configs (aggregator and verifier as one dimension o
 pairs), and each config is measured once: a proposal already measured or in flight is answered
 from storage (user attribute `latts_repeat_of`) and followed by random unmeasured configs, so the
 loop ends when every distinct config is measured and the study holds few repeats. With
-`sampler: greedy` the greedy walks (latts.optimizer.greedy) choose the configs instead of Optuna's
-sampler; Optuna still records every trial.
+`sampler: greedy` the greedy walks (latts.optimizer.greedy), and with `sampler: staged` the staged
+search (latts.optimizer.staged), choose the configs instead of Optuna's sampler; Optuna still
+records every trial.
 
 Runs in the `latts tune` process. A config is a generation (branches, engine, sampling, verifier)
 and an aggregator; a generation runs once, on one worker, and every aggregator of the study is
@@ -61,7 +62,7 @@ from latts.core.records import (
 )
 from latts.core.spec import EngineSpec, SpecError, StudySpec
 from latts.demo.models import local_name
-from latts.optimizer import greedy, leases
+from latts.optimizer import greedy, leases, staged
 from latts.optimizer.evaluation import evaluate, pool_key, problem_accuracies, prompt_sha, round_latencies, stable_seed
 from latts.optimizer.frontier import best_within
 from latts.optimizer.losslessness import check_against_pool
@@ -134,8 +135,8 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     # `grid` enqueues every point up front (see Controller._enqueue_grid); Optuna's GridSampler
-    # calls Study.stop() when done, which the ask/tell interface does not allow. `greedy` enqueues
-    # each config it wants (see Controller._propose); the sampler only answers the Optuna study.
+    # calls Study.stop() when done, which the ask/tell interface does not allow. `greedy` and `staged`
+    # enqueue each config they want (see Controller._propose); the sampler only answers the Optuna study.
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -586,15 +587,15 @@ class Controller:
     def _propose(self, study: optuna.Study, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> bool:
         """Whether to ask Optuna for a config now; queues the controller's own choice where the sampler
         does not choose: queued trials first (baselines, the reference, interrupted configs), then
-        greedy's next config, or a random pick owed after a repeat."""
+        greedy's or staged's next config, or a random pick owed after a repeat."""
         unmeasured = [key for key in self._configs if key not in measured and key not in flying and key not in self._elsewhere]
         if not unmeasured:
             return False
         if study.get_trials(deepcopy=False, states=(OptunaState.WAITING,)):
             return True
-        if self.spec.sampler == "greedy":
-            pick = self._greedy_pick(measured, flying)
-            if pick is None:  # the walks wait for configs in flight, or have stopped
+        if self.spec.sampler in ("greedy", "staged"):
+            pick = self._lattice_pick(measured, flying)
+            if pick is None:  # waiting for configs in flight, or greedy's walks have stopped
                 return False
         elif self._owed:
             pick = self._random.choice(unmeasured)
@@ -611,17 +612,21 @@ class Controller:
         self._repeats += 1
         self._owed = 2 ** (self._repeats - 1)
 
-    def _greedy_pick(self, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> str | None:
-        """The next config the greedy walks want measured (every config at a point measures the point)."""
+    def _lattice_pick(self, measured: dict[str, TrialSummary], flying: dict[str, tuple[int, int]]) -> str | None:
+        """The next config that greedy's walks or the staged search want measured (every config at a
+        point measures the point)."""
         statistic = self.spec.latency_statistic
         outcomes = {
             point: [(measured[k].accuracy, measured[k].latency_s.get(statistic)) for k in keys if _usable(measured[k])]
             for point, keys in self._at_point.items()
             if all(k in measured for k in keys)
         }
-        walk = greedy.walk(self._lattice, self.budgets, outcomes)
+        if self.spec.sampler == "greedy":
+            wanted = greedy.walk(self._lattice, self.budgets, outcomes).wanted
+        else:
+            wanted = staged.plan(self._lattice, self.budgets, outcomes)
         busy = flying.keys() | self._elsewhere.keys()
-        return next((k for point in walk.wanted for k in self._at_point[point] if k not in measured and k not in busy), None)
+        return next((k for point in wanted for k in self._at_point[point] if k not in measured and k not in busy), None)
 
     def _completed_generation(self, generation: Generation) -> GenerationSummary | None:
         key = generation.key()
