@@ -327,7 +327,7 @@ class StudySpec(_Strict):
     # Seconds, or multiples of the single-branch latency without speculation ("1.5x"), measured first.
     budgets_s: list[Annotated[float, Field(gt=0)] | RelativeBudget] = Field(min_length=1)
     latency_statistic: LatencyStatistic = "mean"
-    sampler: SamplerName = "staged"
+    sampler: SamplerName = "nsga2"
     population_size: int = Field(default=8, ge=2)  # NSGA-II generation size
     n_trials: int = Field(default=24, ge=1)
     seed: int = 0
