@@ -42,7 +42,7 @@ def latency(outcomes: Sequence[Outcome]) -> float | None:
     return min((o[1] for o in outcomes), default=None)
 
 
-def profile_branches(lattice: Lattice, budgets: Sequence[float], without: Mapping[int, float | None]) -> int:
+def profile_branches(lattice: Lattice, budgets: Sequence[float], without: Mapping[int, float]) -> int:
     """Where to profile speculation: the fewest measured branches the smallest budget cannot afford without it."""
     smallest = min(budgets, default=math.inf)
     return next((b for b in lattice.branches if (without.get(b) or 0.0) > smallest), lattice.branches[-1])
@@ -62,10 +62,9 @@ def predict(lattice: Lattice, at: int, measured: Mapping[Point, Sequence[Outcome
             off = [math.log(t / (base * ratio[s])) for s in lengths if s in ratio and (t := _timed(measured, (b, s))) is not None]
             correction = math.exp(sum(off) / len(off)) if off else 1.0
             for s in lengths:
-                if (b, s) in measured:
-                    if (t := latency(measured[(b, s)])) is not None:
-                        found[(b, s)] = t
-                elif s in ratio:
+                if (t := _timed(measured, (b, s))) is not None:
+                    found[(b, s)] = t
+                elif (b, s) not in measured and s in ratio:  # a failed point gets no prediction
                     found[(b, s)] = base * ratio[s] * correction
     return found
 
