@@ -1,9 +1,11 @@
-"""Which cores each worker's engine may use, and that the shipped example specs stay valid."""
+"""Which cores each worker's engine may use, how it keeps pauses of its own out of timed requests, and that the shipped example specs stay valid."""
+
+import gc
 
 import pytest
 
 from latts.core.spec import load_spec, parse_spec
-from latts.workers.pool import CONTROL_CORE, worker_env
+from latts.workers.pool import CONTROL_CORE, without_gc_pauses, worker_env
 from tests.conftest import REPO_ROOT, SMALL_STUDY
 
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
@@ -52,3 +54,12 @@ def test_example_specs_hold_the_trials_they_ask_for(path):
 
 def test_examples_exist():
     assert {p.name for p in EXAMPLES} >= {"quickstart.yaml", "speculative.yaml"}
+
+
+def test_timed_requests_run_without_garbage_collection_which_returns_even_after_a_failure():
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with without_gc_pauses():
+            assert not gc.isenabled()
+            raise RuntimeError("the engine's server went away mid-request")
+    assert gc.isenabled()
