@@ -47,6 +47,11 @@ class Lattice:
     def start(self) -> Point:
         return (self.branches[0], NONE)
 
+    @property
+    def speculative(self) -> tuple[str, ...]:
+        """Every speculative choice, all draft options' in turn."""
+        return tuple(s for lengths in self.drafts for s in lengths)
+
     def neighbours(self, point: Point) -> list[Point]:
         branches, speculative = point
         found = []

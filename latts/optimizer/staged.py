@@ -54,7 +54,7 @@ def predict(lattice: Lattice, at: int, measured: Mapping[Point, Sequence[Outcome
     without = _without(lattice, measured)
     if not without.get(at):
         return {}
-    ratio = {s: t / without[at] for lengths in lattice.drafts for s in lengths if (t := _timed(measured, (at, s))) is not None}
+    ratio = {s: t / without[at] for s in lattice.speculative if (t := _timed(measured, (at, s))) is not None}
     found: dict[Point, float] = {}
     for b, base in without.items():
         found[(b, NONE)] = base
@@ -104,7 +104,7 @@ def plan(lattice: Lattice, budgets: Sequence[float], measured: Mapping[Point, Se
     wanted = _unmeasured(best, measured)
     if wanted:
         return wanted
-    everywhere = ((b, s) for b in lattice.branches for s in (NONE, *(s for lengths in lattice.drafts for s in lengths)))
+    everywhere = ((b, s) for b in lattice.branches for s in (NONE, *lattice.speculative))
     return _unmeasured([*_in_turns(lattice, [b for b, _ in best], at, measured), *everywhere], measured)
 
 
@@ -112,7 +112,7 @@ def _in_turns(lattice: Lattice, rows: Sequence[int], at: int, measured: Mapping[
     """Stage 4's first points: the unmeasured drafts at these branch counts, each count's fastest in the
     profile first (unprofiled last), the count with the fewest drafts measured first: an order that
     one more measurement does not shuffle."""
-    drafts = [s for lengths in lattice.drafts for s in lengths]
+    drafts = lattice.speculative
     profiled = lambda s: t if (t := _timed(measured, (at, s))) is not None else math.inf  # noqa: E731
     queues = {b: sorted(_unmeasured(((b, s) for s in drafts), measured), key=lambda p: profiled(p[1])) for b in dict.fromkeys(rows)}
     done = {b: len(drafts) - len(queue) for b, queue in queues.items()}
