@@ -1,10 +1,13 @@
-"""Which cores each worker's engine may use, how it keeps pauses of its own out of timed requests, and that the shipped example specs stay valid."""
+"""Which cores each worker's engine may use, how it keeps pauses of its own and of idle engines out of timed requests, and that the shipped example specs stay valid."""
 
 import gc
+import time
+from types import SimpleNamespace
 
 import pytest
 
 from latts.core.spec import load_spec, parse_spec
+from latts.workers.engine import wait_until_quiet
 from latts.workers.pool import CONTROL_CORE, without_gc_pauses, worker_env
 from tests.conftest import REPO_ROOT, SMALL_STUDY
 
@@ -63,3 +66,13 @@ def test_timed_requests_run_without_garbage_collection_which_returns_even_after_
             assert not gc.isenabled()
             raise RuntimeError("the engine's server went away mid-request")
     assert gc.isenabled()
+
+
+def test_a_timing_starts_once_the_other_engines_stopped_polling():
+    now = time.monotonic()
+    assert wait_until_quiet([SimpleNamespace(polling_until=now - 5)]) == 0.0
+    assert wait_until_quiet([]) == 0.0
+    started = time.monotonic()
+    waited = wait_until_quiet([SimpleNamespace(polling_until=now + 0.1), SimpleNamespace(polling_until=now + 0.3)])
+    assert time.monotonic() - started >= 0.29  # the last one to stop, not the first
+    assert 0.2 < waited <= 0.3
