@@ -1,6 +1,6 @@
 """Served latency against stored latency: each budget's choice exported, served, and timed by a client.
 
-    .venv/bin/python benchmarks/serve_agreement.py [--spec examples/quickstart.yaml] [--storage URL] [--rounds 3]
+    .venv/bin/python benchmarks/serve_agreement.py [--spec examples/quickstart.yaml] [--storage URL] [--rounds 5]
 
 Unless the study is already in `--storage` (default: a fresh SQLite database), runs `latts tune
 SPEC` first. Then, for each budget, as a user would: `latts export --budget B` writes the chosen
@@ -11,6 +11,11 @@ at a time with the exported request settings and the same seeds: once to warm th
 `--rounds` times over with the prefix cache emptied before each request (so each is a new
 question, as latts times it), and aggregates the returned branches with the exported rule. A problem's served latency is request
 sent -> response read, plus the rule's time on the branches: what latts stores for a problem.
+
+Budgets that chose the same trial share one server. All servers are up at once and the rounds
+rotate over them, as latts' race rotates over finalists, so that a slow minute of the machine hits
+every budget alike instead of one. Before each server's turn the client waits a little over 1 s:
+vLLM's worker keeps polling for 1 s after its last step, and a lone server has no such neighbour.
 
 The last line is `serve_ratio=<served/stored statistic, the budget farthest from 1>`.
 """
@@ -41,6 +46,9 @@ from latts.storage import Repository, redact, sqlite_file
 from latts.workers.engine import EngineStartError, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# vLLM's workers busy-poll for 1 s after their last step (SpinCondition in shm_broadcast.py); a
+# server's turn starts once the previous one's have gone quiet.
+QUIET_S = 1.5
 
 
 def absolute(url: str) -> str:
@@ -108,7 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default=str(REPO_ROOT / "examples" / "quickstart.yaml"))
     parser.add_argument("--storage", help="a database that already holds the spec's study (default: tune into a fresh one)")
-    parser.add_argument("--rounds", type=int, default=3, help="times each timed problem is sent")
+    parser.add_argument("--rounds", type=int, default=5, help="times each timed problem is sent")
     args = parser.parse_args()
     spec = load_spec(args.spec)
     folder = Path(tempfile.mkdtemp(prefix="latts-serve-agreement-"))
@@ -125,7 +133,8 @@ def main() -> None:
     # Dev mode only adds the endpoint that empties the prefix cache between rounds.
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(spec.engine.kv_cache_gib), "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_SERVER_DEV_MODE": "1"}
 
-    rows = []
+    chosen: dict[int, dict] = {}  # trial number -> its exported settings
+    budgets: list[tuple[float, int]] = []
     for budget in info.budgets_s:
         yaml_file, json_file = folder / f"budget-{budget:g}.yaml", folder / f"budget-{budget:g}.json"
         latts("export", "--study", spec.study, "--budget", str(budget), "--format", "vllm-yaml", "-o", str(yaml_file), "--storage", url, cwd=folder)
@@ -133,24 +142,37 @@ def main() -> None:
         settings = json.loads(json_file.read_text())
         if settings["verifier"]:
             sys.exit(f"budget {budget:g} s chose a verifier config; this benchmark serves generators only")
-        trial = trials[settings["trial"]]
-        indexes = sorted({p.index for p in repo.timed_problems(trial.generation_id)})
-        generation = trial.config.generation()
-        seeds = {i: stable_seed(spec.seed, generation.key(), i) for i in indexes}
-        server = Server(yaml_file, env)
-        try:
-            for i in indexes:  # a warm pass, as latts makes: a server up for a while has run every shape
-                served_latency(server, settings, problems[i].prompt, seeds[i], parameters)
-            seconds = []
-            for _ in range(args.rounds):
-                for i in indexes:
+        chosen.setdefault(settings["trial"], {**settings, "yaml": yaml_file})
+        budgets.append((budget, settings["trial"]))
+
+    served: dict[int, list[float]] = {number: [] for number in chosen}
+    servers: dict[int, tuple[Server, dict[int, int]]] = {}  # trial number -> its server and seed by problem
+    try:
+        for number, settings in chosen.items():
+            trial = trials[number]
+            indexes = sorted({p.index for p in repo.timed_problems(trial.generation_id)})
+            generation = trial.config.generation()
+            server = Server(settings["yaml"], env)
+            servers[number] = (server, {i: stable_seed(spec.seed, generation.key(), i) for i in indexes})
+        for number, (server, seeds) in servers.items():  # a warm pass, as latts makes: a server up for a while has run every shape
+            for i, seed in seeds.items():
+                served_latency(server, chosen[number], problems[i].prompt, seed, parameters)
+        for _ in range(args.rounds):
+            for number, (server, seeds) in servers.items():
+                time.sleep(QUIET_S)
+                for i, seed in seeds.items():
                     server.forget_prompts()  # each request a new question, as latts times it
-                    seconds.append(served_latency(server, settings, problems[i].prompt, seeds[i], parameters))
-        finally:
+                    served[number].append(served_latency(server, chosen[number], problems[i].prompt, seed, parameters))
+    finally:
+        for server, _ in servers.values():
             server.close()
-        served = latency_stats(seconds).get(settings["statistic"])
-        stored = trial.latency_s.get(settings["statistic"])
-        rows.append((budget, trial, len(indexes), stored, served, served / stored))
+
+    rows = []
+    for budget, number in budgets:
+        statistic = chosen[number]["statistic"]
+        stored = trials[number].latency_s.get(statistic)
+        served_s = latency_stats(served[number]).get(statistic)
+        rows.append((budget, trials[number], len(servers[number][1]), stored, served_s, served_s / stored))
 
     console = Console(width=160)
     table = Table(title=f"{spec.study}: {spec.latency_statistic} latency, stored by latts vs served and timed by a client ({args.rounds} rounds)")
