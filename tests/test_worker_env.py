@@ -1,13 +1,14 @@
 """Which cores each worker's engine may use, how it keeps pauses of its own and of idle engines out of timed requests, and that the shipped example specs stay valid."""
 
 import gc
+import inspect
 import time
 from types import SimpleNamespace
 
 import pytest
 
 from latts.core.spec import load_spec, parse_spec
-from latts.workers.engine import wait_until_quiet
+from latts.workers.engine import BUSY_POLL_S, wait_until_quiet
 from latts.workers.pool import CONTROL_CORE, without_gc_pauses, worker_env
 from tests.conftest import REPO_ROOT, SMALL_STUDY
 
@@ -76,3 +77,12 @@ def test_a_timing_starts_once_the_other_engines_stopped_polling():
     waited = wait_until_quiet([SimpleNamespace(polling_until=now + 0.1), SimpleNamespace(polling_until=now + 0.3)])
     assert time.monotonic() - started >= 0.29  # the last one to stop, not the first
     assert 0.2 < waited <= 0.3
+
+
+def test_the_polling_second_waited_out_is_the_installed_vllms():
+    # Readers of vLLM's shared-memory queue (its workers and engine core) spin for busy_loop_s
+    # after their last read; a vLLM that changes it makes the wait too short or needlessly long.
+    from vllm.distributed.device_communicators.shm_broadcast import SpinCondition  # here: importing vLLM takes seconds
+
+    default = inspect.signature(SpinCondition).parameters["busy_loop_s"].default
+    assert default == BUSY_POLL_S
