@@ -191,3 +191,17 @@ def test_aggregators_of_the_same_branches_count_once():
     raced = finalists([four, *eight, *sixteen], 0.1885, "mean", 3, (0.138, 0.282))
     assert [t.number for t in raced] == [43, 41, 42, 44, 40]
     assert [t.number for t in finalists([four, *eight, *sixteen], 0.1885, "mean", 2, (0.138, 0.282))] == [43, 44, 40]
+
+
+def test_the_answers_table_names_a_lossless_twin_instead_of_a_zero_margin():
+    from rich.console import Console
+
+    from latts.cli.tables import answers_table
+
+    twin = replace(ONE, id=12, number=12, config=replace(ONE.config, speculative_method="ngram", num_speculative_tokens=4), latency_s=LatencyStats(0.41, 0.41, 0.41, 0.41))
+    answer = budget_answer(0.5, [ONE, twin], {10: BOTH[10], 12: BOTH[10]}, "mean", 3)
+    assert (answer.trial, answer.runner_up, answer.verdict, answer.margin) == (12, 10, "tied", 0.0)
+    console = Console(width=250, record=True)
+    console.print(answers_table([answer], {10: ONE, 12: twin}, "mean"))
+    row = next(line for line in console.export_text().splitlines() if "s#12" in line)
+    assert "tied with #10, its lossless twin (the same answers)" in row and "+0.0%" not in row

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary
+from latts.optimizer.racing import twin_key
 
 
 def seconds(value: float) -> str:
@@ -103,7 +104,10 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
             higher = ", ".join(f"#{n}" for n in a.edge if trials[n].latency_s.get(statistic) >= chosen_s)
             sides = [f"{numbers} where the budget is {side}" for numbers, side in ((lower, "lower"), (higher, "higher")) if numbers]
             where = f"; at the edge: {' and '.join(sides)}" if sides else ""
-            versus = f"{word} #{a.runner_up}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%}){where}"
+            if twin_key(trials[a.runner_up]) == twin_key(chosen):  # a margin of +0.0% (+0.0% to +0.0%) says less
+                versus = f"{word} #{a.runner_up}, its lossless twin (the same answers){where}"
+            else:
+                versus = f"{word} #{a.runner_up}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%}){where}"
         table.add_row(
             budget(a),
             f"{chosen.study}#{chosen.number}",
