@@ -43,12 +43,11 @@ from latts.core.statistics import latency_stats
 from latts.optimizer.evaluation import stable_seed
 from latts.problems import extract_boxed, load_problems
 from latts.storage import Repository, redact, sqlite_file
-from latts.workers.engine import EngineStartError, free_port, wait_until_healthy
+from latts.workers.engine import BUSY_POLL_S, EngineStartError, free_port, wait_until_healthy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# vLLM's workers busy-poll for 1 s after their last step (SpinCondition in shm_broadcast.py); a
-# server's turn starts once the previous one's have gone quiet.
-QUIET_S = 1.5
+# A server's turn starts once the previous one's workers have stopped busy-polling, with a margin.
+QUIET_S = BUSY_POLL_S + 0.5
 
 
 def absolute(url: str) -> str:
