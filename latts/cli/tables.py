@@ -107,7 +107,9 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
             if twin_key(trials[a.runner_up]) == twin_key(chosen):  # a margin of +0.0% (+0.0% to +0.0%) says less
                 versus = f"{word} #{a.runner_up}, its lossless twin (the same answers){where}"
             else:
-                versus = f"{word} #{a.runner_up}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%}){where}"
+                # A tie that the budget's range makes, where accuracy alone would decide, says so.
+                by = " by the budget's range, not by accuracy" if a.verdict == "tied" and (lo > 0 or hi < 0) else ""
+                versus = f"{word} #{a.runner_up}{by}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%}){where}"
         table.add_row(
             budget(a),
             f"{chosen.study}#{chosen.number}",
