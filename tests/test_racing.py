@@ -123,15 +123,16 @@ def test_the_answers_table_shows_the_budget_range_and_which_edge_ties():
 
     from latts.cli.tables import answers_table
 
-    trials = {10: ONE, 11: TWO}
-    answers = [
+    def printed(answers):
+        console = Console(width=250, record=True)
+        console.print(answers_table(answers, {10: ONE, 11: TWO}, "mean"))
+        return [line for line in console.export_text().splitlines() if "s#1" in line]
+
+    rows = printed([
         budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.588, 0.696)),
         budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.630, 0.732)),
         budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3),
-    ]
-    console = Console(width=250, record=True)
-    console.print(answers_table(answers, trials, "mean"))
-    rows = [line for line in console.export_text().splitlines() if "s#1" in line]
+    ])
     assert "0.63 (0.588 to 0.696)" in rows[0] and "tied with #11 by the budget's range, not by accuracy: -10.0% (-20.0% to -2.5%); at the edge: #11 where the budget is higher" in rows[0]
     assert "0.692 (0.63 to 0.732)" in rows[1] and "tied with #10 by the budget's range, not by accuracy: +10.0% (+2.5% to +20.0%); at the edge: #10 where the budget is lower" in rows[1]
     assert "not surely" in rows[1]
@@ -139,10 +140,7 @@ def test_the_answers_table_shows_the_budget_range_and_which_edge_ties():
 
     # Two branches right one problem in 40 more often: within noise, the tie is plain.
     close = {10: BOTH[10], 11: {i: float(i % 40 < 25) for i in range(40)}}
-    answer = budget_answer(0.63, [TWO, ONE], close, "mean", 3, budget_range=(0.588, 0.696))
-    console = Console(width=250, record=True)
-    console.print(answers_table([answer], trials, "mean"))
-    row = next(line for line in console.export_text().splitlines() if "s#1" in line)
+    [row] = printed([budget_answer(0.63, [TWO, ONE], close, "mean", 3, budget_range=(0.588, 0.696))])
     assert "tied with #11: -2.5% (" in row and "not by accuracy" not in row and "#11 where the budget is higher" in row
 
 
