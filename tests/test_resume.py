@@ -182,8 +182,10 @@ def test_killed_worker_fails_its_trial_and_the_study_goes_on(tmp_path, demo_mode
             if not (tmp_path / "latts.db").exists() or not Repository(url).running_trials("worker-death"):
                 return None
             try:
-                # This test's worker only: another study may run on the machine.
-                workers = [p for p in psutil.Process(controller.pid).children(recursive=True) if name(p) == "ray::EngineWorker"]
+                # This test's worker only (another study may run on the machine), while it runs a generation:
+                # Ray names it ray::EngineWorker.run_generation then, ray::EngineWorker when idle. An idle one
+                # killed after the last trial's result came back would fail no trial.
+                workers = [p for p in psutil.Process(controller.pid).children(recursive=True) if name(p) == "ray::EngineWorker.run_generation"]
                 worker = workers[0] if workers else None
                 # Once its engine core runs: the whole tree below the worker must go with it.
                 below = worker.children(recursive=True) if worker else []
