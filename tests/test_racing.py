@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from latts.core.records import LatencyStats, TrialSummary
-from latts.optimizer.racing import answers_across, budget_answer, finalists, paired_margin
+from latts.optimizer.racing import answers_across, budget_answer, finalists, paired_margin, tie_reason
 from tests.handmade import config
 
 
@@ -142,6 +142,22 @@ def test_the_answers_table_shows_the_budget_range_and_which_edge_ties():
     close = {10: BOTH[10], 11: {i: float(i % 40 < 25) for i in range(40)}}
     [row] = printed([budget_answer(0.63, [TWO, ONE], close, "mean", 3, budget_range=(0.588, 0.696))])
     assert "tied with #11: -2.5% (" in row and "not by accuracy" not in row and "#11 where the budget is higher" in row
+
+
+def test_a_tie_says_why_it_ties():
+    # The answers of the table above, as `best --json` and /v1/best carry the reason (`tie`).
+    numbered = {10: ONE, 11: TWO}
+
+    def why(answer, runner_up=None):
+        return tie_reason(answer, numbered[answer.trial], runner_up or numbered[answer.runner_up])
+
+    by_range = budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.588, 0.696))
+    assert why(by_range) == "budget-range"
+    assert why(budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3)) is None  # it beats #10
+    close = {10: BOTH[10], 11: {i: float(i % 40 < 25) for i in range(40)}}
+    assert why(budget_answer(0.63, [TWO, ONE], close, "mean", 3, budget_range=(0.588, 0.696))) == "noise"
+    twin = replace(ONE, id=12, number=12, config=replace(ONE.config, speculative_method="ngram", num_speculative_tokens=4))
+    assert why(by_range, runner_up=twin) == "lossless-twin"
 
 
 def test_of_the_configs_that_could_beat_the_best_the_fastest_race_first():

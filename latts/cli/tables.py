@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary
-from latts.optimizer.racing import twin_key
+from latts.optimizer.racing import tie_reason
 
 
 def seconds(value: float) -> str:
@@ -104,11 +104,11 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
             higher = ", ".join(f"#{n}" for n in a.edge if trials[n].latency_s.get(statistic) >= chosen_s)
             sides = [f"{numbers} where the budget is {side}" for numbers, side in ((lower, "lower"), (higher, "higher")) if numbers]
             where = f"; at the edge: {' and '.join(sides)}" if sides else ""
-            if twin_key(trials[a.runner_up]) == twin_key(chosen):  # a margin of +0.0% (+0.0% to +0.0%) says less
+            reason = tie_reason(a, chosen, trials[a.runner_up])
+            if reason == "lossless-twin":  # a margin of +0.0% (+0.0% to +0.0%) says less
                 versus = f"{word} #{a.runner_up}, its lossless twin (the same answers){where}"
             else:
-                # A tie that the budget's range makes, where accuracy alone would decide, says so.
-                by = " by the budget's range, not by accuracy" if a.verdict == "tied" and (lo > 0 or hi < 0) else ""
+                by = " by the budget's range, not by accuracy" if reason == "budget-range" else ""
                 versus = f"{word} #{a.runner_up}{by}: {a.margin:+.1%} ({lo:+.1%} to {hi:+.1%}){where}"
         table.add_row(
             budget(a),

@@ -23,6 +23,7 @@ METHODS_WITH_MODEL: tuple[SpeculativeMethod, ...] = ("draft_model", "eagle", "ea
 LosslessVerdict = Literal["lossless", "lossy", "untested"]
 # How a budget's choice compares with the runner-up after the race: beyond noise, within it, or alone.
 MarginVerdict = Literal["beats", "tied", "alone", "nothing-fits"]
+TieReason = Literal["lossless-twin", "budget-range", "noise"]  # why a tied answer ties (racing.tie_reason)
 # Where a trial's accuracy comes from: its own branches on every problem, or the sample pool.
 AccuracySource = Literal["measured", "pool"]
 # What latts did to the CPU build's speculative sampling in a trial's engine (latts.workers.vllm_cpu_fix).

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary, TTSConfig
+from latts.core.records import BudgetAnswer, LatencyStatistic, TieReason, TrialSummary, TTSConfig
 from latts.optimizer.frontier import best_within, completed
 
 
@@ -112,6 +112,18 @@ def twin_key(trial: TrialSummary) -> tuple[TTSConfig, float]:
     """What lossless twins share: the same branches, aggregator and sampling, with or without
     lossless speculation, and the same accuracy (the same pooled answers)."""
     return trial.config.without_speculation(), trial.accuracy
+
+
+def tie_reason(answer: BudgetAnswer, chosen: TrialSummary, runner_up: TrialSummary) -> TieReason | None:
+    """Why a tied answer ties with its runner-up (None where it does not tie): its lossless twin
+    (the same answers), the budget's range (the accuracy interval excludes 0, but the runner-up
+    answers the budget elsewhere in its range), or accuracies within noise (the interval holds 0)."""
+    if answer.verdict != "tied":
+        return None
+    if twin_key(runner_up) == twin_key(chosen):
+        return "lossless-twin"
+    lo, hi = answer.margin_ci
+    return "budget-range" if lo > 0 or hi < 0 else "noise"
 
 
 def lossless_twins(of: Sequence[TrialSummary], raced: Sequence[TrialSummary], high: float, statistic: LatencyStatistic) -> list[TrialSummary]:

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
-from latts.core.records import BudgetAnswer, LatencyStatistic, TrialSummary
+from latts.core.records import BudgetAnswer, LatencyStatistic, TieReason, TrialSummary
 from latts.optimizer.frontier import best_within, pareto_front
+from latts.optimizer.racing import tie_reason
 from latts.storage import Repository, StudyInfo
 
 
@@ -45,8 +46,10 @@ class BestDocument(BaseModel):
     statistic: LatencyStatistic
     include_lossy: bool
     best: TrialSummary | None
-    # For one of the study's own budgets, after its finalists raced: the choice's margin.
+    # For one of the study's own budgets, after its finalists raced: the choice's margin, and why it
+    # ties with the runner-up where it does (as `tune`'s table says it).
     raced: BudgetAnswer | None = None
+    tie: TieReason | None = None
 
 
 def study_trials(repo: Repository, study: str) -> list[TrialSummary]:
@@ -86,7 +89,9 @@ def best_document(
 ) -> BestDocument:
     raced = next((a for a in answers if a.budget_s == budget_s), None)
     best = answer_for(trials, budget_s, statistic, include_lossy, answers)
-    return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best, raced=raced)
+    numbered = {t.number: t for t in trials}
+    tie = tie_reason(raced, numbered[raced.trial], numbered[raced.runner_up]) if raced and raced.runner_up is not None else None
+    return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best, raced=raced, tie=tie)
 
 
 def answer_for(
