@@ -89,6 +89,8 @@ def test_paired_margin_uses_shared_problems():
 ONE = trial(10, 0.60, (0.46, 0.73), 0.420, (0.41, 0.43))
 TWO = trial(11, 0.70, (0.56, 0.81), 0.651, (0.64, 0.66))
 BOTH = {10: {i: float(i % 10 < 6) for i in range(40)}, 11: {i: float(i % 10 < 7) for i in range(40)}}
+# Two branches right one problem in 40 more often than one branch: a margin within noise.
+CLOSE = {10: BOTH[10], 11: {i: float(i % 40 < 25) for i in range(40)}}
 
 
 def test_a_relative_budget_ties_the_configs_its_range_may_choose():
@@ -139,25 +141,19 @@ def test_the_answers_table_shows_the_budget_range_and_which_edge_ties():
     assert "│ 0.692 " in rows[2] and "beats #10:" in rows[2] and "edge" not in rows[2]
 
     # Two branches right one problem in 40 more often: within noise, the tie is plain.
-    close = {10: BOTH[10], 11: {i: float(i % 40 < 25) for i in range(40)}}
-    [row] = printed([budget_answer(0.63, [TWO, ONE], close, "mean", 3, budget_range=(0.588, 0.696))])
+    [row] = printed([budget_answer(0.63, [TWO, ONE], CLOSE, "mean", 3, budget_range=(0.588, 0.696))])
     assert "tied with #11: -2.5% (" in row and "not by accuracy" not in row and "#11 where the budget is higher" in row
 
 
 def test_a_tie_says_why_it_ties():
     # The answers of the table above, as `best --json` and /v1/best carry the reason (`tie`).
     numbered = {10: ONE, 11: TWO}
-
-    def why(answer, runner_up=None):
-        return tie_reason(answer, numbered[answer.trial], runner_up or numbered[answer.runner_up])
-
     by_range = budget_answer(0.63, [TWO, ONE], BOTH, "mean", 3, budget_range=(0.588, 0.696))
-    assert why(by_range) == "budget-range"
-    assert why(budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3)) is None  # it beats #10
-    close = {10: BOTH[10], 11: {i: float(i % 40 < 25) for i in range(40)}}
-    assert why(budget_answer(0.63, [TWO, ONE], close, "mean", 3, budget_range=(0.588, 0.696))) == "noise"
-    twin = replace(ONE, id=12, number=12, config=replace(ONE.config, speculative_method="ngram", num_speculative_tokens=4))
-    assert why(by_range, runner_up=twin) == "lossless-twin"
+    assert tie_reason(by_range, numbered) == "budget-range"
+    assert tie_reason(budget_answer(0.692, [TWO, ONE], BOTH, "mean", 3), numbered) is None  # it beats #10
+    assert tie_reason(budget_answer(0.63, [TWO, ONE], CLOSE, "mean", 3, budget_range=(0.588, 0.696)), numbered) == "noise"
+    twin = replace(ONE, id=11, number=11, config=replace(ONE.config, speculative_method="ngram", num_speculative_tokens=4))
+    assert tie_reason(by_range, {10: ONE, 11: twin}) == "lossless-twin"
 
 
 def test_of_the_configs_that_could_beat_the_best_the_fastest_race_first():

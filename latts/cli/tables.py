@@ -104,7 +104,7 @@ def answers_table(answers: list[BudgetAnswer], trials: dict[int, TrialSummary], 
             higher = ", ".join(f"#{n}" for n in a.edge if trials[n].latency_s.get(statistic) >= chosen_s)
             sides = [f"{numbers} where the budget is {side}" for numbers, side in ((lower, "lower"), (higher, "higher")) if numbers]
             where = f"; at the edge: {' and '.join(sides)}" if sides else ""
-            reason = tie_reason(a, chosen, trials[a.runner_up])
+            reason = tie_reason(a, trials)
             if reason == "lossless-twin":  # a margin of +0.0% (+0.0% to +0.0%) says less
                 versus = f"{word} #{a.runner_up}, its lossless twin (the same answers){where}"
             else:

@@ -114,13 +114,14 @@ def twin_key(trial: TrialSummary) -> tuple[TTSConfig, float]:
     return trial.config.without_speculation(), trial.accuracy
 
 
-def tie_reason(answer: BudgetAnswer, chosen: TrialSummary, runner_up: TrialSummary) -> TieReason | None:
+def tie_reason(answer: BudgetAnswer, trials: Mapping[int, TrialSummary]) -> TieReason | None:
     """Why a tied answer ties with its runner-up (None where it does not tie): its lossless twin
     (the same answers), the budget's range (the accuracy interval excludes 0, but the runner-up
-    answers the budget elsewhere in its range), or accuracies within noise (the interval holds 0)."""
+    answers the budget elsewhere in its range), or accuracies within noise (the interval holds 0).
+    `trials`: the study's, by number."""
     if answer.verdict != "tied":
         return None
-    if twin_key(runner_up) == twin_key(chosen):
+    if twin_key(trials[answer.runner_up]) == twin_key(trials[answer.trial]):
         return "lossless-twin"
     lo, hi = answer.margin_ci
     return "budget-range" if lo > 0 or hi < 0 else "noise"

@@ -89,8 +89,7 @@ def best_document(
 ) -> BestDocument:
     raced = next((a for a in answers if a.budget_s == budget_s), None)
     best = answer_for(trials, budget_s, statistic, include_lossy, answers)
-    numbered = {t.number: t for t in trials}
-    tie = tie_reason(raced, numbered[raced.trial], numbered[raced.runner_up]) if raced and raced.verdict == "tied" else None
+    tie = tie_reason(raced, {t.number: t for t in trials}) if raced else None
     return BestDocument(budget_s=budget_s, statistic=statistic, include_lossy=include_lossy, best=best, raced=raced, tie=tie)
 
 
